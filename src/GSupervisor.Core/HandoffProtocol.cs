@@ -1,0 +1,78 @@
+using System.Globalization;
+using System.Text;
+
+namespace GSupervisor.Core;
+
+/// <summary>
+/// Wire format of the handoff socket (a Unix stream socket named by <c>GSUPERVISOR_HANDOFF</c>).
+/// <para>
+/// The supervisor checks the peer's credentials when a process connects. It then writes one greeting line,
+/// <c>GSUPERVISOR/1 generation=N fds=K names=a:b\n</c>, whose first byte carries the K listening sockets as
+/// <c>SCM_RIGHTS</c>, in the order of LISTEN_FDNAMES. A refused peer reads <c>ERR reason\n</c> and the connection
+/// closes. After the greeting, the child writes sd_notify lines (<c>READY=1\n</c>, <c>STATUS=...\n</c>,
+/// <c>STOPPING=1\n</c>), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor closes the
+/// connection when the generation ends; a child that sees end-of-file knows the supervisor is gone.
+/// </para>
+/// </summary>
+public static class HandoffProtocol
+{
+    public const string Magic = "GSUPERVISOR/1";
+    public const int MaxLineBytes = NotifyMessage.MaxBytes;
+
+    public static byte[] EncodeGreeting(int generation, IReadOnlyList<string> names) =>
+        Encoding.ASCII.GetBytes($"{Magic} generation={generation} fds={names.Count} names={string.Join(':', names)}\n");
+
+    public static byte[] EncodeRefusal(string reason) =>
+        Encoding.UTF8.GetBytes("ERR " + reason.Replace('\n', ' ') + "\n");
+
+    /// <summary>The parsed greeting line.</summary>
+    public sealed record Greeting(int Generation, int FdCount, IReadOnlyList<string> Names);
+
+    /// <summary>Parses a greeting line (without its newline). A line starting "ERR " is reported as a refusal.</summary>
+    public static bool TryParseGreeting(string line, out Greeting? greeting, out string error)
+    {
+        greeting = null;
+        error = "";
+        if (line.StartsWith("ERR ", StringComparison.Ordinal))
+        {
+            error = "the supervisor refused this process: " + line[4..];
+            return false;
+        }
+        var parts = line.Split(' ');
+        if (parts.Length < 1 || parts[0] != Magic)
+        {
+            error = $"unexpected greeting '{Truncate(line)}' (expected {Magic})";
+            return false;
+        }
+        int? generation = null, count = null;
+        string[] names = [];
+        foreach (var part in parts.Skip(1))
+        {
+            var eq = part.IndexOf('=');
+            if (eq < 0) continue;
+            var key = part[..eq];
+            var value = part[(eq + 1)..];
+            switch (key)
+            {
+                case "generation" when int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var g):
+                    generation = g;
+                    break;
+                case "fds" when int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out var c):
+                    count = c;
+                    break;
+                case "names":
+                    names = value.Length == 0 ? [] : value.Split(':');
+                    break;
+            }
+        }
+        if (generation is null || count is null || names.Length != count)
+        {
+            error = $"malformed greeting '{Truncate(line)}'";
+            return false;
+        }
+        greeting = new Greeting(generation.Value, count.Value, names);
+        return true;
+    }
+
+    private static string Truncate(string s) => s.Length <= 80 ? s : s[..80] + "...";
+}

@@ -1,0 +1,96 @@
+namespace GSupervisor.Core;
+
+/// <summary>How the supervisor learns that a new generation is ready to serve.</summary>
+public enum ReadyMode
+{
+    /// <summary>The child says <c>READY=1</c> on NOTIFY_SOCKET or the handoff connection.</summary>
+    Notify,
+    /// <summary>The child counts as ready once it has stayed alive for <see cref="SupervisorPolicy.ReadyDelay"/>.</summary>
+    Delay,
+}
+
+/// <summary>The supervisor's settings that the generation state machine needs.</summary>
+public sealed record SupervisorPolicy
+{
+    public ReadyMode ReadyMode { get; init; } = ReadyMode.Notify;
+    public TimeSpan ReadyDelay { get; init; } = TimeSpan.FromSeconds(2);
+    public TimeSpan ReadyTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public int StopSignal { get; init; } = Signals.SIGTERM;
+    /// <summary>Restart a serving child that dies; when false the supervisor exits with the child's status.</summary>
+    public bool Restart { get; init; } = true;
+    public TimeSpan RestartBackoffInitial { get; init; } = TimeSpan.FromMilliseconds(250);
+    public TimeSpan RestartBackoffMax { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>A generation that served this long before dying resets the restart backoff.</summary>
+    public TimeSpan StableAfter { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+public enum GenerationState { Starting, Ready, Draining, Exited }
+
+/// <summary>Why a generation was started.</summary>
+public enum GenerationCause { Initial, Reload, Restart }
+
+public enum SupervisorPhase { Starting, Running, ShuttingDown, Exited }
+
+public enum LogSeverity { Debug, Info, Warning, Error }
+
+/// <summary>One child process and everything the supervisor knows about it.</summary>
+public sealed class Generation
+{
+    internal Generation(int number, GenerationCause cause, TimeSpan startedAt)
+    {
+        Number = number;
+        Cause = cause;
+        StartedAt = startedAt;
+    }
+
+    public int Number { get; }
+    public GenerationCause Cause { get; }
+    public int? Pid { get; internal set; }
+    public GenerationState State { get; internal set; } = GenerationState.Starting;
+    public TimeSpan StartedAt { get; }
+    public TimeSpan? ReadyAt { get; internal set; }
+    public TimeSpan? StopRequestedAt { get; internal set; }
+    /// <summary>When the state machine next acts on this generation by itself (ready delay, ready timeout, kill).</summary>
+    public TimeSpan? Deadline { get; internal set; }
+    public bool Killed { get; internal set; }
+    /// <summary>True when this generation was stopped because it failed to become ready.</summary>
+    public bool FailedToStart { get; internal set; }
+    /// <summary>The last STATUS= the child reported.</summary>
+    public string? Status { get; internal set; }
+    public ExitStatus? ExitStatus { get; internal set; }
+
+    public string Label => Pid is { } pid ? $"generation {Number} (pid {pid})" : $"generation {Number}";
+}
+
+/// <summary>The outcome of the last reload, for logs, status and control replies.</summary>
+public sealed record ReloadOutcome(int Generation, bool Succeeded, string Message, TimeSpan At);
+
+/// <summary>Inputs to <see cref="SupervisorStateMachine"/>.</summary>
+public abstract record SupervisorEvent
+{
+    public sealed record ReloadRequested(string Source) : SupervisorEvent;
+    /// <summary>Stop everything and exit. <paramref name="Interrupt"/> is true for SIGINT: a second one kills at once.</summary>
+    public sealed record ShutdownRequested(string Source, bool Interrupt) : SupervisorEvent;
+    public sealed record ChildSpawned(int Generation, int Pid) : SupervisorEvent;
+    public sealed record SpawnFailed(int Generation, string Reason) : SupervisorEvent;
+    public sealed record ChildExited(int Pid, ExitStatus Status) : SupervisorEvent;
+    public sealed record ReadyReported(int Generation, string Channel) : SupervisorEvent;
+    public sealed record StatusReported(int Generation, string Status) : SupervisorEvent;
+    public sealed record StoppingReported(int Generation) : SupervisorEvent;
+}
+
+/// <summary>Outputs of <see cref="SupervisorStateMachine"/>: what the OS edge must do.</summary>
+public abstract record SupervisorEffect
+{
+    /// <summary>Start generation <paramref name="Generation"/>; answer with ChildSpawned or SpawnFailed.</summary>
+    public sealed record SpawnGeneration(int Generation) : SupervisorEffect;
+    public sealed record SendSignal(int Generation, int Pid, int Signal, bool WholeProcessGroup) : SupervisorEffect;
+    public sealed record Log(LogSeverity Severity, string Message) : SupervisorEffect;
+    public sealed record ReloadFinished(ReloadOutcome Outcome) : SupervisorEffect;
+    /// <summary>The first generation is ready: the service is up.</summary>
+    public sealed record ServiceReady(int Generation, int Pid) : SupervisorEffect;
+    /// <summary>A generation's process is gone; resources tied to it (connections) can be released.</summary>
+    public sealed record GenerationGone(int Generation) : SupervisorEffect;
+    public sealed record ExitSupervisor(int Code) : SupervisorEffect;
+}

@@ -1,0 +1,442 @@
+// Overview
+// --------
+// The generation state machine: the whole reload protocol as pure logic. It owns the list of generations
+// (child processes) and decides, for every event (a reload request, a child's READY=1, a child's exit, a
+// shutdown request) and for every deadline that comes due (Tick), what the OS edge must do: spawn, signal,
+// log, exit. It makes no OS calls and reads time only from the TimeProvider it is given, so the protocol is
+// unit-tested with a fake clock.
+//
+// Generations move Starting -> Ready -> Draining -> Exited. Invariants:
+//   * at most one generation is Starting and at most one is Ready (the serving one);
+//   * a serving generation is stopped only after its successor is Ready: a failed reload (the new child
+//     exits or misses its ready timeout) stops the new child and leaves the serving one alone;
+//   * reload requests that arrive while a generation is starting collapse into one that runs after it;
+//   * any number of generations may drain at once, each with its own stop deadline (then SIGKILL).
+// A serving child that dies is restarted with exponential backoff (the listeners stay open in the
+// supervisor, so clients queue meanwhile); with Restart=false the supervisor exits with the child's status.
+
+namespace GSupervisor.Core;
+
+public sealed class SupervisorStateMachine
+{
+    private readonly SupervisorPolicy _policy;
+    private readonly TimeProvider _time;
+    private readonly long _origin;
+    private readonly List<Generation> _generations = [];
+    private int _lastNumber;
+    private string? _pendingReload;
+    private TimeSpan? _restartAt;
+    private int _consecutiveFailures;
+    private int _exitCode;
+    private bool _killedAll;
+
+    public SupervisorStateMachine(SupervisorPolicy policy, TimeProvider time)
+    {
+        _policy = policy;
+        _time = time;
+        _origin = time.GetTimestamp();
+    }
+
+    public SupervisorPolicy Policy => _policy;
+    public SupervisorPhase Phase { get; private set; } = SupervisorPhase.Starting;
+    /// <summary>Live generations (not yet exited), oldest first.</summary>
+    public IReadOnlyList<Generation> Generations => _generations;
+    public Generation? Serving => _generations.FirstOrDefault(g => g.State == GenerationState.Ready);
+    public Generation? Starting => _generations.FirstOrDefault(g => g.State == GenerationState.Starting);
+    public bool ReloadPending => _pendingReload is not null;
+    public TimeSpan? RestartAt => _restartAt;
+    public int Restarts { get; private set; }
+    public ReloadOutcome? LastReload { get; private set; }
+
+    /// <summary>Time since the state machine was created, on the monotonic clock.</summary>
+    public TimeSpan Now => _time.GetElapsedTime(_origin);
+
+    /// <summary>The earliest moment at which <see cref="Tick"/> has something to do, or null.</summary>
+    public TimeSpan? NextDeadline
+    {
+        get
+        {
+            TimeSpan? next = _restartAt;
+            foreach (var g in _generations)
+                if (g.Deadline is { } d && (next is null || d < next)) next = d;
+            return next;
+        }
+    }
+
+    public Generation? FindByPid(int pid) => _generations.FirstOrDefault(g => g.Pid == pid);
+    public Generation? FindByNumber(int number) => _generations.FirstOrDefault(g => g.Number == number);
+
+    /// <summary>Starts the first generation.</summary>
+    public IReadOnlyList<SupervisorEffect> Start()
+    {
+        if (_lastNumber != 0) throw new InvalidOperationException("already started");
+        var fx = new List<SupervisorEffect>();
+        Spawn(fx, GenerationCause.Initial);
+        return fx;
+    }
+
+    public IReadOnlyList<SupervisorEffect> Handle(SupervisorEvent e)
+    {
+        var fx = new List<SupervisorEffect>();
+        if (Phase == SupervisorPhase.Exited) return fx;
+        switch (e)
+        {
+            case SupervisorEvent.ReloadRequested r: OnReloadRequested(fx, r.Source); break;
+            case SupervisorEvent.ShutdownRequested s: OnShutdownRequested(fx, s); break;
+            case SupervisorEvent.ChildSpawned s: OnSpawned(fx, s); break;
+            case SupervisorEvent.SpawnFailed f: OnSpawnFailed(fx, f); break;
+            case SupervisorEvent.ChildExited x: OnExited(fx, x); break;
+            case SupervisorEvent.ReadyReported r: OnReadyReported(fx, r); break;
+            case SupervisorEvent.StatusReported s: OnStatus(fx, s); break;
+            case SupervisorEvent.StoppingReported s: OnStopping(fx, s); break;
+            default: throw new ArgumentOutOfRangeException(nameof(e), e, "unknown event");
+        }
+        return fx;
+    }
+
+    /// <summary>Acts on every deadline that has come due.</summary>
+    public IReadOnlyList<SupervisorEffect> Tick()
+    {
+        var fx = new List<SupervisorEffect>();
+        if (Phase == SupervisorPhase.Exited) return fx;
+        var now = Now;
+        if (_restartAt is { } at && at <= now)
+        {
+            _restartAt = null;
+            Spawn(fx, GenerationCause.Restart);
+        }
+        foreach (var g in _generations.ToList())
+        {
+            if (g.Deadline is not { } deadline || deadline > now) continue;
+            g.Deadline = null;
+            switch (g.State)
+            {
+                case GenerationState.Starting when _policy.ReadyMode == ReadyMode.Delay:
+                    BecomeReady(fx, g, $"alive after {Duration.Format(_policy.ReadyDelay)} (--ready delay)");
+                    break;
+                case GenerationState.Starting:
+                    Log(fx, LogSeverity.Error,
+                        $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}; " +
+                        "if the app does not speak sd_notify, use --ready delay:2s, or raise --ready-timeout if it starts slowly");
+                    StopGeneration(fx, g, failedToStart: true);
+                    StartFailed(fx, g, $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}");
+                    break;
+                case GenerationState.Draining when !g.Killed:
+                    g.Killed = true;
+                    Log(fx, LogSeverity.Warning,
+                        $"{g.Label} did not exit within {Duration.Format(_policy.StopTimeout)} of {Signals.Name(_policy.StopSignal)}; sending SIGKILL to its process group");
+                    fx.Add(new SupervisorEffect.SendSignal(g.Number, g.Pid!.Value, Signals.SIGKILL, WholeProcessGroup: true));
+                    break;
+            }
+        }
+        return fx;
+    }
+
+    private void OnReloadRequested(List<SupervisorEffect> fx, string source)
+    {
+        if (Phase == SupervisorPhase.ShuttingDown)
+        {
+            Log(fx, LogSeverity.Warning, $"reload requested ({source}) while shutting down; ignored");
+            return;
+        }
+        if (Starting is { } starting)
+        {
+            if (_pendingReload is null)
+                Log(fx, LogSeverity.Info, $"reload requested ({source}) while {starting.Label} is starting; another reload will follow it");
+            else
+                Log(fx, LogSeverity.Debug, $"reload requested ({source}); already queued behind {starting.Label}");
+            _pendingReload = source;
+            return;
+        }
+        if (_restartAt is not null)
+        {
+            _restartAt = null;
+            Log(fx, LogSeverity.Info, $"reload requested ({source}) while waiting to restart; starting now");
+            Spawn(fx, GenerationCause.Restart);
+            return;
+        }
+        var serving = Serving;
+        Log(fx, LogSeverity.Info, serving is null
+            ? $"reload requested ({source}); starting generation {_lastNumber + 1}"
+            : $"reload requested ({source}); starting generation {_lastNumber + 1} beside {serving.Label}");
+        Spawn(fx, GenerationCause.Reload);
+    }
+
+    private void OnShutdownRequested(List<SupervisorEffect> fx, SupervisorEvent.ShutdownRequested s)
+    {
+        if (Phase == SupervisorPhase.ShuttingDown)
+        {
+            if (!s.Interrupt || _killedAll)
+            {
+                Log(fx, LogSeverity.Info, $"already shutting down ({s.Source} ignored); send SIGINT again to kill at once");
+                return;
+            }
+            _killedAll = true;
+            Log(fx, LogSeverity.Warning, $"second {s.Source}: killing every generation at once");
+            foreach (var g in _generations.Where(g => g.Pid is not null))
+            {
+                g.Killed = true;
+                g.Deadline = null;
+                fx.Add(new SupervisorEffect.SendSignal(g.Number, g.Pid!.Value, Signals.SIGKILL, WholeProcessGroup: true));
+            }
+            return;
+        }
+        Log(fx, LogSeverity.Info, _generations.Count == 0
+            ? $"{s.Source} received; no child running, exiting"
+            : $"{s.Source} received; stopping {Plural(_generations.Count, "generation")} with {Signals.Name(_policy.StopSignal)}");
+        BeginShutdown(fx, 0);
+    }
+
+    private void OnSpawned(List<SupervisorEffect> fx, SupervisorEvent.ChildSpawned s)
+    {
+        var g = FindByNumber(s.Generation);
+        if (g is null || g.Pid is not null) return;
+        g.Pid = s.Pid;
+        if (g.State != GenerationState.Starting)
+        {
+            // Shutdown began while the spawn was under way: stop the new child right away.
+            g.State = GenerationState.Starting;
+            StopGeneration(fx, g, failedToStart: false);
+            return;
+        }
+        g.Deadline = Now + (_policy.ReadyMode == ReadyMode.Delay ? _policy.ReadyDelay : _policy.ReadyTimeout);
+        Log(fx, LogSeverity.Info, $"{g.Label} started{CauseText(g)}; waiting for " +
+            (_policy.ReadyMode == ReadyMode.Delay ? $"it to stay up {Duration.Format(_policy.ReadyDelay)}" : $"READY=1 (timeout {Duration.Format(_policy.ReadyTimeout)})"));
+    }
+
+    private static string CauseText(Generation g) => g.Cause switch
+    {
+        GenerationCause.Reload => " for reload",
+        GenerationCause.Restart => " to replace a crashed one",
+        _ => "",
+    };
+
+    private void OnSpawnFailed(List<SupervisorEffect> fx, SupervisorEvent.SpawnFailed f)
+    {
+        var g = FindByNumber(f.Generation);
+        if (g is null || g.Pid is not null) return;
+        Log(fx, LogSeverity.Error, $"{g.Label} could not be started: {f.Reason}");
+        g.State = GenerationState.Exited;
+        _generations.Remove(g);
+        fx.Add(new SupervisorEffect.GenerationGone(g.Number));
+        if (Phase == SupervisorPhase.ShuttingDown)
+        {
+            MaybeExit(fx);
+            return;
+        }
+        StartFailed(fx, g, $"{g.Label} could not be started: {f.Reason}", ExitStatus.Exited(1));
+    }
+
+    private void OnReadyReported(List<SupervisorEffect> fx, SupervisorEvent.ReadyReported r)
+    {
+        var g = FindByNumber(r.Generation);
+        if (g is null) return;
+        if (g.State != GenerationState.Starting || Phase == SupervisorPhase.ShuttingDown)
+        {
+            Log(fx, LogSeverity.Debug, $"{g.Label} reported READY=1 via {r.Channel} while {g.State.ToString().ToLowerInvariant()}; nothing to do");
+            return;
+        }
+        BecomeReady(fx, g, $"READY=1 via {r.Channel}");
+    }
+
+    private void OnStatus(List<SupervisorEffect> fx, SupervisorEvent.StatusReported s)
+    {
+        if (FindByNumber(s.Generation) is not { } g) return;
+        g.Status = s.Status;
+        Log(fx, LogSeverity.Debug, $"{g.Label} status: {s.Status}");
+    }
+
+    private void OnStopping(List<SupervisorEffect> fx, SupervisorEvent.StoppingReported s)
+    {
+        if (FindByNumber(s.Generation) is not { } g) return;
+        Log(fx, g.State == GenerationState.Draining ? LogSeverity.Debug : LogSeverity.Info, $"{g.Label} reported STOPPING=1");
+    }
+
+    private void BecomeReady(List<SupervisorEffect> fx, Generation g, string how)
+    {
+        var now = Now;
+        var previous = Serving;
+        g.State = GenerationState.Ready;
+        g.ReadyAt = now;
+        g.Deadline = null;
+        var took = Duration.Format(now - g.StartedAt);
+        if (previous is null)
+        {
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); serving");
+        }
+        else
+        {
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); stopping {previous.Label}");
+            StopGeneration(fx, previous, failedToStart: false);
+        }
+        if (Phase == SupervisorPhase.Starting)
+        {
+            Phase = SupervisorPhase.Running;
+            fx.Add(new SupervisorEffect.ServiceReady(g.Number, g.Pid!.Value));
+        }
+        if (g.Cause == GenerationCause.Reload)
+            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} is serving", now));
+        RunPendingReload(fx);
+    }
+
+    private void OnExited(List<SupervisorEffect> fx, SupervisorEvent.ChildExited x)
+    {
+        var g = FindByPid(x.Pid);
+        if (g is null)
+        {
+            Log(fx, LogSeverity.Debug, $"reaped pid {x.Pid} ({x.Status}), not a generation");
+            return;
+        }
+        var now = Now;
+        var previousState = g.State;
+        g.State = GenerationState.Exited;
+        g.ExitStatus = x.Status;
+        g.Deadline = null;
+        _generations.Remove(g);
+        fx.Add(new SupervisorEffect.GenerationGone(g.Number));
+
+        switch (previousState)
+        {
+            case GenerationState.Starting:
+                Log(fx, LogSeverity.Error, $"{g.Label} exited with {x.Status} before it was ready, after {Duration.Format(now - g.StartedAt)}");
+                if (Phase != SupervisorPhase.ShuttingDown)
+                    StartFailed(fx, g, $"{g.Label} exited with {x.Status} before it was ready", x.Status);
+                break;
+            case GenerationState.Ready:
+                OnServingDied(fx, g, x.Status, now);
+                break;
+            case GenerationState.Draining:
+                var since = g.StopRequestedAt is { } at ? $" {Duration.Format(now - at)} after it was asked to stop" : "";
+                Log(fx, x.Status.Success || x.Status.Signal == _policy.StopSignal ? LogSeverity.Info : LogSeverity.Warning,
+                    $"{g.Label} exited with {x.Status}{since}");
+                break;
+        }
+        MaybeExit(fx);
+    }
+
+    private void OnServingDied(List<SupervisorEffect> fx, Generation g, ExitStatus status, TimeSpan now)
+    {
+        var served = now - (g.ReadyAt ?? now);
+        Log(fx, LogSeverity.Error, $"{g.Label} exited unexpectedly with {status} after serving {Duration.Format(served)}");
+        if (Phase == SupervisorPhase.ShuttingDown) return;
+        if (!_policy.Restart)
+        {
+            Log(fx, LogSeverity.Error, $"--no-restart is set: stopping and exiting with status {status.ShellCode}");
+            BeginShutdown(fx, status.ShellCode);
+            return;
+        }
+        if (served >= _policy.StableAfter) _consecutiveFailures = 0;
+        if (Starting is { } starting)
+        {
+            Log(fx, LogSeverity.Info, $"{starting.Label} is already starting and will take over");
+            return;
+        }
+        ScheduleRestart(fx);
+    }
+
+    private void ScheduleRestart(List<SupervisorEffect> fx)
+    {
+        _consecutiveFailures++;
+        var exponent = Math.Min(_consecutiveFailures - 1, 30);
+        var delay = TimeSpan.FromTicks(Math.Min(_policy.RestartBackoffMax.Ticks,
+            _policy.RestartBackoffInitial.Ticks * (1L << Math.Min(exponent, 20))));
+        _restartAt = Now + delay;
+        Log(fx, _consecutiveFailures > 3 ? LogSeverity.Warning : LogSeverity.Info,
+            $"restarting in {Duration.Format(delay)} (attempt {_consecutiveFailures}); the listeners stay open and connections queue meanwhile");
+    }
+
+    /// <summary>A Starting generation exited, could not be spawned, or missed its ready timeout.</summary>
+    private void StartFailed(List<SupervisorEffect> fx, Generation g, string reason, ExitStatus? status = null)
+    {
+        var serving = Serving;
+        if (g.Cause == GenerationCause.Reload)
+        {
+            var message = serving is null ? $"reload failed: {reason}" : $"reload failed: {reason}; {serving.Label} keeps serving";
+            FinishReload(fx, new ReloadOutcome(g.Number, false, message, Now));
+        }
+        if (serving is not null)
+        {
+            Log(fx, LogSeverity.Warning, $"rolled back: {serving.Label} keeps serving");
+        }
+        else if (Phase == SupervisorPhase.Starting)
+        {
+            var code = status is { } s && !s.Success ? s.ShellCode : 1;
+            Log(fx, LogSeverity.Error, $"the first generation never became ready; nothing is serving, exiting with status {code}");
+            BeginShutdown(fx, code);
+            return;
+        }
+        else if (_policy.Restart)
+        {
+            ScheduleRestart(fx);
+        }
+        else
+        {
+            var code = status is { } s && !s.Success ? s.ShellCode : 1;
+            Log(fx, LogSeverity.Error, $"nothing is serving and --no-restart is set; exiting with status {code}");
+            BeginShutdown(fx, code);
+            return;
+        }
+        RunPendingReload(fx);
+    }
+
+    private void RunPendingReload(List<SupervisorEffect> fx)
+    {
+        if (_pendingReload is not { } source || Starting is not null || Phase is SupervisorPhase.ShuttingDown or SupervisorPhase.Exited)
+            return;
+        _pendingReload = null;
+        OnReloadRequested(fx, source + ", queued");
+    }
+
+    private void FinishReload(List<SupervisorEffect> fx, ReloadOutcome outcome)
+    {
+        LastReload = outcome;
+        fx.Add(new SupervisorEffect.ReloadFinished(outcome));
+    }
+
+    private void Spawn(List<SupervisorEffect> fx, GenerationCause cause)
+    {
+        var g = new Generation(++_lastNumber, cause, Now);
+        if (cause == GenerationCause.Restart) Restarts++;
+        _generations.Add(g);
+        fx.Add(new SupervisorEffect.SpawnGeneration(g.Number));
+    }
+
+    private void StopGeneration(List<SupervisorEffect> fx, Generation g, bool failedToStart)
+    {
+        if (g.State == GenerationState.Draining) return;
+        g.State = GenerationState.Draining;
+        g.FailedToStart |= failedToStart;
+        g.StopRequestedAt = Now;
+        if (g.Pid is not { } pid) return; // not spawned yet: OnSpawned stops it
+        g.Deadline = Now + _policy.StopTimeout;
+        fx.Add(new SupervisorEffect.SendSignal(g.Number, pid, _policy.StopSignal, WholeProcessGroup: false));
+    }
+
+    private void BeginShutdown(List<SupervisorEffect> fx, int exitCode)
+    {
+        Phase = SupervisorPhase.ShuttingDown;
+        _exitCode = exitCode;
+        _pendingReload = null;
+        _restartAt = null;
+        foreach (var g in _generations.ToList())
+        {
+            if (g.State == GenerationState.Starting && g.Cause == GenerationCause.Reload)
+                FinishReload(fx, new ReloadOutcome(g.Number, false, "reload abandoned: the supervisor is shutting down", Now));
+            StopGeneration(fx, g, failedToStart: false);
+        }
+        MaybeExit(fx);
+    }
+
+    private void MaybeExit(List<SupervisorEffect> fx)
+    {
+        if (Phase != SupervisorPhase.ShuttingDown || _generations.Count > 0) return;
+        Phase = SupervisorPhase.Exited;
+        Log(fx, LogSeverity.Info, $"all children have exited; exiting with status {_exitCode}");
+        fx.Add(new SupervisorEffect.ExitSupervisor(_exitCode));
+    }
+
+    private static void Log(List<SupervisorEffect> fx, LogSeverity severity, string message) =>
+        fx.Add(new SupervisorEffect.Log(severity, message));
+
+    private static string Plural(int n, string word) => n == 1 ? $"1 {word}" : $"{n} {word}s";
+}

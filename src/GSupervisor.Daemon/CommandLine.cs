@@ -1,0 +1,182 @@
+// Overview
+// --------
+// The command line: CommandLineParser reads the options, then every value is checked here so that bad input
+// ends in one line naming the problem and the fix, with exit code 64, before anything is bound or started.
+// Everything after "--" is the command to run.
+
+using CommandLine;
+using CommandLine.Text;
+using GSupervisor.Core;
+using Serilog.Events;
+
+namespace GSupervisor.Daemon;
+
+internal sealed class RunOptions
+{
+    [Option("listen", Separator = '\0', HelpText = "Socket to bind and hand to the child, repeatable: [NAME=]ADDRESS with ADDRESS :PORT, HOST:PORT, [V6ADDR]:PORT or unix:PATH[,mode=0660].")]
+    public IEnumerable<string> Listen { get; set; } = [];
+
+    [Option("ready", Default = "notify", HelpText = "How a new child shows it is ready: notify (READY=1 via sd_notify or the handoff socket) or delay:DURATION (alive that long).")]
+    public string Ready { get; set; } = "notify";
+
+    [Option("ready-timeout", Default = "60s", HelpText = "How long a new child may take to become ready before it is stopped and the old one keeps serving.")]
+    public string ReadyTimeout { get; set; } = "60s";
+
+    [Option("stop-timeout", Default = "30s", HelpText = "How long a child may drain after the stop signal before SIGKILL.")]
+    public string StopTimeout { get; set; } = "30s";
+
+    [Option("stop-signal", Default = "SIGTERM", HelpText = "Signal that asks a child to stop.")]
+    public string StopSignal { get; set; } = "SIGTERM";
+
+    [Option("backlog", Default = 4096, HelpText = "listen() backlog of TCP and Unix listeners (capped by net.core.somaxconn).")]
+    public int Backlog { get; set; } = 4096;
+
+    [Option("pid-file", HelpText = "Write the supervisor's pid to this file; removed on exit.")]
+    public string? PidFile { get; set; }
+
+    [Option("log-level", Default = "info", HelpText = "debug, info, warning or error.")]
+    public string LogLevel { get; set; } = "info";
+
+    [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
+    public bool NoRestart { get; set; }
+
+    [Value(0, MetaName = "COMMAND", HelpText = "After --: the command to run and its arguments.")]
+    public IEnumerable<string> Command { get; set; } = [];
+}
+
+/// <summary>The validated settings of a run.</summary>
+internal sealed record RunSettings(
+    IReadOnlyList<ListenSpec> Listeners,
+    IReadOnlyList<string> Command,
+    SupervisorPolicy Policy,
+    int Backlog,
+    string? PidFile,
+    LogEventLevel LogLevel);
+
+internal static class CommandLineReader
+{
+    public const string Usage = "usage: gsupervisor [--listen [NAME=]ADDRESS]... [OPTIONS] -- COMMAND [ARGS...]";
+
+    /// <summary>Either settings, or an exit code with text to print (help and version exit 0 on stdout).</summary>
+    public sealed record Result(RunSettings? Settings, int ExitCode, string? Output, bool OutputIsError);
+
+    public static Result Read(string[] args)
+    {
+        using var parser = new Parser(s =>
+        {
+            s.HelpWriter = null;
+            s.EnableDashDash = true;
+            s.AllowMultiInstance = true;
+            s.CaseSensitive = true;
+            s.AutoHelp = true;
+            s.AutoVersion = true;
+        });
+        var parsed = parser.ParseArguments<RunOptions>(args);
+        if (parsed is NotParsed<RunOptions> notParsed)
+        {
+            var errors = notParsed.Errors.ToList();
+            if (errors.Any(e => e.Tag == ErrorType.HelpRequestedError))
+                return new Result(null, ExitCodes.Ok, HelpText(parsed), false);
+            if (errors.Any(e => e.Tag == ErrorType.VersionRequestedError))
+                return new Result(null, ExitCodes.Ok, $"gsupervisor {Version}", false);
+            return UsageError(Describe(errors.First()));
+        }
+        return Validate(((Parsed<RunOptions>)parsed).Value);
+    }
+
+    public static string Version =>
+        typeof(CommandLineReader).Assembly.GetName().Version is { } v ? $"{v.Major}.{v.Minor}.{v.Build}" : "0.0.0";
+
+    private static string HelpText(ParserResult<RunOptions> parsed)
+    {
+        var help = CommandLine.Text.HelpText.AutoBuild(parsed, h =>
+        {
+            h.Heading = $"gsupervisor {Version} - zero-downtime restarts for network services";
+            h.Copyright = "";
+            h.AddPreOptionsLine(Usage);
+            h.AddPreOptionsLine("");
+            h.AddPreOptionsLine("Binds the listeners, runs COMMAND with them at fds 3.. (LISTEN_FDS), and on SIGUSR2 or SIGHUP");
+            h.AddPreOptionsLine("starts a new child, waits until it is ready, then stops the old one.");
+            h.AddPostOptionsLine("Signals: SIGUSR2/SIGHUP reload; SIGTERM/SIGINT/SIGQUIT stop all children and exit 0 (a second SIGINT kills at once).");
+            h.AddPostOptionsLine("Exit codes: 64 usage, 69 address unavailable, 73 cannot create socket file, 77 permission denied,");
+            h.AddPostOptionsLine("126 command not executable, 127 command not found, 1 (or the child's status) when the first child never became ready.");
+            h.AdditionalNewLineAfterOption = false;
+            h.AddDashesToOption = true;
+            return h;
+        }, e => e, verbsIndex: false, maxDisplayWidth: 100);
+        return help.ToString();
+    }
+
+    private static string Describe(Error error) => error switch
+    {
+        UnknownOptionError u => $"unknown option '{(u.Token.Length == 1 ? "-" : "--")}{u.Token}'; run gsupervisor --help for the options",
+        MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
+        BadFormatConversionError b => $"option --{b.NameInfo.LongName} has a malformed value",
+        RepeatedOptionError r => $"option --{r.NameInfo.LongName} is given more than once",
+        SequenceOutOfRangeError s => $"option --{s.NameInfo.LongName} has the wrong number of values",
+        BadFormatTokenError t => $"cannot read '{t.Token}'; options start with --",
+        _ => $"invalid command line ({error.Tag}); run gsupervisor --help",
+    };
+
+    private static Result UsageError(string message) => new(null, ExitCodes.Usage, message, true);
+
+    private static Result Validate(RunOptions o)
+    {
+        var command = o.Command.ToList();
+        if (command.Count == 0)
+            return UsageError("no command to run; put it after '--', e.g. gsupervisor --listen :8080 -- dotnet app.dll");
+        if (command[0].Length == 0)
+            return UsageError("the command is an empty string");
+
+        var specs = new List<ListenSpec>();
+        foreach (var text in o.Listen)
+        {
+            if (!ListenSpec.TryParse(text, out var spec, out var error)) return UsageError(error);
+            specs.Add(spec!);
+        }
+        if (!ListenSpec.TryValidateSet(specs, out var setError)) return UsageError(setError);
+
+        var policy = new SupervisorPolicy { Restart = !o.NoRestart };
+        if (o.Ready == "notify")
+        {
+            policy = policy with { ReadyMode = ReadyMode.Notify };
+        }
+        else if (o.Ready.StartsWith("delay:", StringComparison.Ordinal))
+        {
+            if (!Duration.TryParse(o.Ready["delay:".Length..], out var delay, out var error))
+                return UsageError($"--ready {o.Ready}: {error}");
+            policy = policy with { ReadyMode = ReadyMode.Delay, ReadyDelay = delay };
+        }
+        else
+        {
+            return UsageError($"--ready '{o.Ready}' is not a readiness mode; use --ready notify or --ready delay:2s");
+        }
+
+        if (!Duration.TryParse(o.ReadyTimeout, out var readyTimeout, out var rtError))
+            return UsageError($"--ready-timeout: {rtError}");
+        if (readyTimeout <= TimeSpan.Zero) return UsageError("--ready-timeout must be more than 0");
+        if (!Duration.TryParse(o.StopTimeout, out var stopTimeout, out var stError))
+            return UsageError($"--stop-timeout: {stError}");
+        if (!Signals.TryParseStopSignal(o.StopSignal, out var stopSignal, out var sigError))
+            return UsageError($"--stop-signal: {sigError}");
+        if (policy.ReadyMode == ReadyMode.Delay && o.ReadyTimeout != "60s")
+            return UsageError("--ready-timeout applies to --ready notify only; with --ready delay:D the child is ready after D");
+        if (o.Backlog is < 1 or > 65535)
+            return UsageError($"--backlog {o.Backlog} is out of range; use 1 to 65535");
+
+        LogEventLevel level;
+        switch (o.LogLevel.ToLowerInvariant())
+        {
+            case "debug": level = LogEventLevel.Debug; break;
+            case "info": level = LogEventLevel.Information; break;
+            case "warning" or "warn": level = LogEventLevel.Warning; break;
+            case "error": level = LogEventLevel.Error; break;
+            default: return UsageError($"--log-level '{o.LogLevel}' is not a level; use debug, info, warning or error");
+        }
+
+        if (o.PidFile is { Length: 0 }) return UsageError("--pid-file needs a path");
+
+        policy = policy with { ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal };
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level), ExitCodes.Ok, null, false);
+    }
+}

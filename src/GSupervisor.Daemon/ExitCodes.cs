@@ -1,0 +1,25 @@
+namespace GSupervisor.Daemon;
+
+/// <summary>The supervisor's exit codes (sysexits.h where one fits; 126/127 as shells use them).</summary>
+internal static class ExitCodes
+{
+    public const int Ok = 0;
+    /// <summary>The first generation never became ready (when it exited with a code, that code is used instead).</summary>
+    public const int ServiceFailed = 1;
+    public const int Usage = 64;
+    /// <summary>An address is in use or not available on this host.</summary>
+    public const int Unavailable = 69;
+    public const int Software = 70;
+    public const int OsError = 71;
+    /// <summary>A Unix socket path cannot be created (missing directory, a non-socket file in the way).</summary>
+    public const int CannotCreate = 73;
+    public const int NoPermission = 77;
+    public const int NotExecutable = 126;
+    public const int NotFound = 127;
+}
+
+/// <summary>A problem found before any child runs: one line for the user and the exit code that goes with it.</summary>
+internal sealed class StartupException(int exitCode, string message) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

@@ -1,0 +1,180 @@
+// Overview
+// --------
+// The libc calls Mono.Posix does not offer (posix_spawn with file actions and signal attributes, prctl,
+// close_range, execve, signal dispositions, IPV6_V6ONLY), one LibraryImport per method with its errno handling
+// beside it. Everything else goes through Mono.Unix.Native.Syscall. Linux/glibc only; struct sizes are padded
+// generously where glibc keeps them opaque.
+
+using System.Runtime.InteropServices;
+
+namespace GSupervisor.Daemon.Os;
+
+internal static unsafe partial class Libc
+{
+    private const string Lib = "libc";
+
+    public const int POSIX_SPAWN_SETPGROUP = 0x02;
+    public const int POSIX_SPAWN_SETSIGDEF = 0x04;
+    public const int POSIX_SPAWN_SETSIGMASK = 0x08;
+    public const int PR_SET_PDEATHSIG = 1;
+    public const int PR_SET_CHILD_SUBREAPER = 36;
+    public const uint CLOSE_RANGE_CLOEXEC = 1u << 2;
+    public const int SIG_SETMASK = 2;
+    public const int O_RDONLY = 0;
+    public const int IPPROTO_IPV6 = 41;
+    public const int IPV6_V6ONLY = 26;
+    public const int SOL_SOCKET = 1;
+    public const int SO_PEERCRED = 17;
+    public const int SO_PASSCRED = 16;
+
+    // glibc: posix_spawnattr_t is 336 bytes and posix_spawn_file_actions_t 80 bytes on x86-64 and arm64;
+    // sigset_t is 128 bytes. Allocate more than enough.
+    public const int SpawnAttrBytes = 1024;
+    public const int FileActionsBytes = 512;
+    public const int SigsetBytes = 128;
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_init")]
+    public static partial int posix_spawn_file_actions_init(void* actions);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_destroy")]
+    public static partial int posix_spawn_file_actions_destroy(void* actions);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_adddup2")]
+    public static partial int posix_spawn_file_actions_adddup2(void* actions, int fd, int newfd);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_addopen", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int posix_spawn_file_actions_addopen(void* actions, int fd, string path, int oflag, uint mode);
+
+    /// <summary>glibc 2.34+: close every fd from <paramref name="lowfd"/> up in the child.</summary>
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_addclosefrom_np")]
+    public static partial int posix_spawn_file_actions_addclosefrom_np(void* actions, int lowfd);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_init")]
+    public static partial int posix_spawnattr_init(void* attr);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_destroy")]
+    public static partial int posix_spawnattr_destroy(void* attr);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_setflags")]
+    public static partial int posix_spawnattr_setflags(void* attr, short flags);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_setsigdefault")]
+    public static partial int posix_spawnattr_setsigdefault(void* attr, void* sigset);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_setsigmask")]
+    public static partial int posix_spawnattr_setsigmask(void* attr, void* sigset);
+
+    [LibraryImport(Lib, EntryPoint = "posix_spawnattr_setpgroup")]
+    public static partial int posix_spawnattr_setpgroup(void* attr, int pgroup);
+
+    /// <summary>Returns 0 or an errno value (not -1): glibc reports exec failures of the child here.</summary>
+    [LibraryImport(Lib, EntryPoint = "posix_spawn")]
+    public static partial int posix_spawn(out int pid, byte* path, void* fileActions, void* attr, byte** argv, byte** envp);
+
+    [LibraryImport(Lib, EntryPoint = "sigfillset")]
+    public static partial int sigfillset(void* set);
+
+    [LibraryImport(Lib, EntryPoint = "sigemptyset")]
+    public static partial int sigemptyset(void* set);
+
+    [LibraryImport(Lib, EntryPoint = "sigprocmask", SetLastError = true)]
+    public static partial int sigprocmask(int how, void* set, void* oldset);
+
+    /// <summary>Sets a signal's disposition; <paramref name="handler"/> 0 is SIG_DFL.</summary>
+    [LibraryImport(Lib, EntryPoint = "signal", SetLastError = true)]
+    public static partial nint signal(int signum, nint handler);
+
+    /// <summary>glibc's struct sigaction begins with the handler; 256 bytes hold all of it.</summary>
+    public const int SigactionBytes = 256;
+
+    [LibraryImport(Lib, EntryPoint = "sigaction", SetLastError = true)]
+    public static partial int sigaction(int signum, void* action, void* oldAction);
+
+    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
+    private static partial long syscall(long number, long a1, void* a2, void* a3, long a4);
+
+    /// <summary>
+    /// Resets a signal to SIG_DFL with the raw rt_sigaction system call, which, unlike glibc's wrappers,
+    /// also reaches the two real-time signals glibc keeps for itself (32 and 33).
+    /// </summary>
+    public static int ResetSignalRaw(int signum)
+    {
+        long number = System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture switch
+        {
+            Architecture.X64 => 13,
+            Architecture.Arm64 => 134,
+            _ => -1,
+        };
+        if (number < 0) return -1;
+        var kernelSigaction = stackalloc byte[64]; // handler, flags, restorer, mask: all zero is SIG_DFL
+        new Span<byte>(kernelSigaction, 64).Clear();
+        return (int)syscall(number, signum, kernelSigaction, null, 8);
+    }
+
+    [LibraryImport(Lib, EntryPoint = "prctl", SetLastError = true)]
+    public static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+
+    [LibraryImport(Lib, EntryPoint = "close_range", SetLastError = true)]
+    public static partial int close_range(uint first, uint last, uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "execve", SetLastError = true)]
+    public static partial int execve(byte* path, byte** argv, byte** envp);
+
+    [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int setsockopt(int fd, int level, int name, int* value, uint length);
+
+    [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
+    public static partial int getsockopt(int fd, int level, int name, void* value, uint* length);
+
+    public const int F_SETFD = 2;
+    public const int FD_CLOEXEC = 1;
+    public const int F_DUPFD_CLOEXEC = 1030;
+
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int fcntl(int fd, int command, int argument);
+
+    [LibraryImport(Lib, EntryPoint = "isatty")]
+    public static partial int isatty(int fd);
+
+    public static int LastErrno => Marshal.GetLastPInvokeError();
+
+    /// <summary>Peer credentials of a connected Unix socket (SO_PEERCRED).</summary>
+    public static bool TryGetPeerCredentials(int fd, out int pid, out int uid, out int gid)
+    {
+        var creds = stackalloc int[3];
+        uint length = 12;
+        var rc = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &length);
+        pid = creds[0];
+        uid = creds[1];
+        gid = creds[2];
+        return rc == 0;
+    }
+
+    public static int SetIntOption(int fd, int level, int name, int value) =>
+        setsockopt(fd, level, name, &value, sizeof(int));
+}
+
+/// <summary>A NULL-terminated array of NUL-terminated UTF-8 strings in native memory (argv, envp).</summary>
+internal sealed unsafe class NativeStringArray : IDisposable
+{
+    private readonly nint[] _strings;
+    public byte** Pointer { get; private set; }
+
+    public NativeStringArray(IReadOnlyList<string> values)
+    {
+        _strings = new nint[values.Count];
+        Pointer = (byte**)NativeMemory.AllocZeroed((nuint)(values.Count + 1), (nuint)sizeof(nint));
+        for (var i = 0; i < values.Count; i++)
+        {
+            _strings[i] = Marshal.StringToCoTaskMemUTF8(values[i]);
+            Pointer[i] = (byte*)_strings[i];
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _strings) Marshal.FreeCoTaskMem(s);
+        if (Pointer != null) NativeMemory.Free(Pointer);
+        Pointer = null;
+    }
+}

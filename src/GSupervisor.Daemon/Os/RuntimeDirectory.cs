@@ -1,0 +1,49 @@
+using System.Text;
+using Mono.Unix.Native;
+
+namespace GSupervisor.Daemon.Os;
+
+/// <summary>
+/// A private directory (mode 0700) for the notify and handoff sockets, under $XDG_RUNTIME_DIR when set and
+/// short enough for a socket path, else under /tmp. Removed when the supervisor exits.
+/// </summary>
+internal sealed class RuntimeDirectory : IDisposable
+{
+    private RuntimeDirectory(string path) => Path = path;
+
+    public string Path { get; }
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public static RuntimeDirectory Create()
+    {
+        var candidates = new List<string>();
+        if (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } xdg) candidates.Add(xdg);
+        if (Environment.GetEnvironmentVariable("TMPDIR") is { Length: > 0 } tmp) candidates.Add(tmp);
+        candidates.Add("/tmp");
+        var errors = new List<string>();
+        foreach (var root in candidates)
+        {
+            var template = System.IO.Path.Combine(root, "gsupervisor.XXXXXX");
+            // Room for "/handoff" and the NUL within the 108 bytes of a socket address.
+            if (Encoding.UTF8.GetByteCount(template) + 10 > 107) continue;
+            var made = Syscall.mkdtemp(new StringBuilder(template));
+            if (made is not null) return new RuntimeDirectory(made.ToString());
+            errors.Add($"{root}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
+        }
+        throw new StartupException(ExitCodes.OsError,
+            $"cannot create a private runtime directory ({string.Join("; ", errors)}); set TMPDIR to a writable directory");
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(Path, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Someone else removed or filled it; nothing of ours is left to clean.
+        }
+    }
+}

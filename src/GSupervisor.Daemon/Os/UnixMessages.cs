@@ -1,0 +1,113 @@
+// Overview
+// --------
+// Ancillary-data messages on Unix sockets through Mono.Posix: sending fds with SCM_RIGHTS (handoff socket)
+// and receiving a datagram together with its sender's SCM_CREDENTIALS (notify socket). Any fds a peer
+// sends us are closed at once, so a child cannot make the supervisor hold its files or exhaust its fds.
+
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
+
+namespace GSupervisor.Daemon.Os;
+
+/// <summary>One received datagram and who sent it (pid and uid as the kernel reports them).</summary>
+internal sealed record ReceivedDatagram(byte[] Data, int SenderPid, int SenderUid, bool Truncated, int FdsDiscarded);
+
+internal static class UnixMessages
+{
+    private const int MaxFdsInMessage = 253; // SCM_MAX_FD
+
+    /// <summary>Sends <paramref name="data"/> with <paramref name="fds"/> attached as SCM_RIGHTS; returns errno or 0.</summary>
+    public static int SendWithFds(int socket, byte[] data, IReadOnlyList<int> fds, bool dontWait)
+    {
+        var dataHandle = GCHandle.Alloc(data, GCHandleType.Pinned);
+        try
+        {
+            var msg = new Msghdr
+            {
+                msg_iov = [new Iovec { iov_base = dataHandle.AddrOfPinnedObject(), iov_len = (ulong)data.Length }],
+                msg_iovlen = 1,
+            };
+            if (fds.Count > 0)
+            {
+                var payload = (ulong)(fds.Count * sizeof(int));
+                msg.msg_control = new byte[Syscall.CMSG_SPACE(payload)];
+                msg.msg_controllen = msg.msg_control.Length;
+                var header = new Cmsghdr
+                {
+                    cmsg_len = (long)Syscall.CMSG_LEN(payload),
+                    cmsg_level = UnixSocketProtocol.SOL_SOCKET,
+                    cmsg_type = UnixSocketControlMessage.SCM_RIGHTS,
+                };
+                var offset = Syscall.CMSG_FIRSTHDR(msg);
+                header.WriteToBuffer(msg, offset);
+                var dataOffset = Syscall.CMSG_DATA(msg, offset);
+                for (var i = 0; i < fds.Count; i++)
+                    BitConverter.TryWriteBytes(msg.msg_control.AsSpan((int)dataOffset + i * sizeof(int)), fds[i]);
+            }
+            var flags = MessageFlags.MSG_NOSIGNAL | (dontWait ? MessageFlags.MSG_DONTWAIT : 0);
+            while (true)
+            {
+                var sent = Syscall.sendmsg(socket, msg, flags);
+                if (sent >= 0) return sent == data.Length ? 0 : ErrorNumbers.EAGAIN;
+                var errno = ErrorNumbers.Last;
+                if (errno != ErrorNumbers.EINTR) return errno;
+            }
+        }
+        finally
+        {
+            dataHandle.Free();
+        }
+    }
+
+    /// <summary>Blocks for one datagram; returns null with <paramref name="errno"/> set on error.</summary>
+    public static ReceivedDatagram? ReceiveWithCredentials(int socket, byte[] buffer, out int errno)
+    {
+        var handle = GCHandle.Alloc(buffer, GCHandleType.Pinned);
+        try
+        {
+            var msg = new Msghdr
+            {
+                msg_iov = [new Iovec { iov_base = handle.AddrOfPinnedObject(), iov_len = (ulong)buffer.Length }],
+                msg_iovlen = 1,
+                msg_control = new byte[Syscall.CMSG_SPACE(12) + Syscall.CMSG_SPACE(MaxFdsInMessage * sizeof(int))],
+            };
+            msg.msg_controllen = msg.msg_control.Length;
+            long received;
+            while (true)
+            {
+                received = Syscall.recvmsg(socket, msg, MessageFlags.MSG_CMSG_CLOEXEC);
+                if (received >= 0) break;
+                errno = ErrorNumbers.Last;
+                if (errno != ErrorNumbers.EINTR) return null;
+            }
+            errno = 0;
+            int pid = 0, uid = -1, discarded = 0;
+            for (var offset = Syscall.CMSG_FIRSTHDR(msg); offset != -1; offset = Syscall.CMSG_NXTHDR(msg, offset))
+            {
+                var header = Cmsghdr.ReadFromBuffer(msg, offset);
+                if (header.cmsg_level != UnixSocketProtocol.SOL_SOCKET) continue;
+                var data = (int)Syscall.CMSG_DATA(msg, offset);
+                var length = (int)(header.cmsg_len - (data - offset));
+                if (header.cmsg_type == UnixSocketControlMessage.SCM_CREDENTIALS && length >= 12)
+                {
+                    pid = BitConverter.ToInt32(msg.msg_control, data);
+                    uid = BitConverter.ToInt32(msg.msg_control, data + 4);
+                }
+                else if (header.cmsg_type == UnixSocketControlMessage.SCM_RIGHTS)
+                {
+                    for (var i = 0; i + sizeof(int) <= length; i += sizeof(int))
+                    {
+                        Syscall.close(BitConverter.ToInt32(msg.msg_control, data + i));
+                        discarded++;
+                    }
+                }
+            }
+            var truncated = (msg.msg_flags & MessageFlags.MSG_TRUNC) != 0 || (msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0;
+            return new ReceivedDatagram(buffer.AsSpan(0, (int)received).ToArray(), pid, uid, truncated, discarded);
+        }
+        finally
+        {
+            handle.Free();
+        }
+    }
+}

@@ -1,0 +1,65 @@
+// gsupervisor: parse, bind, start, loop. Reads like a script; the parts live in CommandLine, Os/ and SupervisorHost.
+
+using System.Globalization;
+using GSupervisor.Daemon;
+using GSupervisor.Daemon.Os;
+using Serilog;
+using Serilog.Sinks.SystemConsole.Themes;
+
+if (ExecShim.IsShimInvocation(args))
+    return ExecShim.Run(args);
+
+// Write through our own streams: touching Console.Out/Error would initialise the runtime's terminal
+// handling, which installs a SIGCHLD handler that, as PID 1, reaps our children before we can.
+var stdout = new StreamWriter(new FdWriteStream(1)) { AutoFlush = true };
+var stderr = new StreamWriter(new FdWriteStream(2)) { AutoFlush = true };
+Console.SetOut(stdout);
+Console.SetError(stderr);
+
+var read = CommandLineReader.Read(args);
+if (read.Settings is not { } settings)
+{
+    if (read.OutputIsError) stderr.WriteLine($"gsupervisor: {read.Output}");
+    else stdout.WriteLine(read.Output);
+    return read.ExitCode;
+}
+
+var useColour = Libc.isatty(2) == 1 && Environment.GetEnvironmentVariable("NO_COLOR") is null;
+using var logger = new LoggerConfiguration()
+    .MinimumLevel.Is(settings.LogLevel)
+    .WriteTo.Console(
+        outputTemplate: "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Level:u3} {Message:lj}{NewLine}{Exception}",
+        standardErrorFromLevel: Serilog.Events.LogEventLevel.Verbose,
+        theme: useColour ? AnsiConsoleTheme.Code : ConsoleTheme.None,
+        formatProvider: CultureInfo.InvariantCulture)
+    .CreateLogger();
+
+List<BoundListener>? listeners = null;
+RuntimeDirectory? runtimeDirectory = null;
+try
+{
+    var commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
+    listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
+    runtimeDirectory = RuntimeDirectory.Create();
+    var host = new SupervisorHost(settings, commandPath, listeners, runtimeDirectory, logger);
+
+    logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
+    for (var i = 0; i < listeners.Count; i++)
+        logger.Information("listening on {Address} (fd {Fd} in the child, name {Name})", listeners[i].Address, 3 + i, listeners[i].Spec.FdName);
+    if (listeners.Count == 0)
+        logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
+    if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
+
+    return host.Run();
+}
+catch (StartupException e)
+{
+    stderr.WriteLine($"gsupervisor: {e.Message}");
+    return e.ExitCode;
+}
+finally
+{
+    if (listeners is not null) Listeners.CloseAll(listeners);
+    runtimeDirectory?.Dispose();
+    if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
+}

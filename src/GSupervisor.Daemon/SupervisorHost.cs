@@ -1,0 +1,323 @@
+// Overview
+// --------
+// The event loop: the only thread that touches the state machine, spawns children and sends signals.
+// Everything else (signal handlers, the reaper, the notify and handoff threads) only posts events to its
+// queue. Each turn it waits for the next event or the machine's next deadline (no polling: an idle
+// supervisor blocks here), feeds it to the machine, and carries out the effects the machine returns.
+// Attribution of notify messages and handoff connections to a generation (by the sender's pid and
+// process tree) happens here, since only the loop knows the live generations.
+
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using GSupervisor.Core;
+using GSupervisor.Daemon.Os;
+using Mono.Unix.Native;
+using Serilog;
+using Serilog.Events;
+
+namespace GSupervisor.Daemon;
+
+internal sealed class SupervisorHost
+{
+    private const int MaxHandoffConnectionsPerGeneration = 16;
+
+    private abstract record LoopEvent
+    {
+        public sealed record Machine(SupervisorEvent Event) : LoopEvent;
+        public sealed record Notify(ReceivedDatagram Datagram) : LoopEvent;
+        public sealed record HandoffConnected(HandoffConnection Connection) : LoopEvent;
+        public sealed record HandoffLine(int Generation, HandoffConnection Connection, byte[] Line) : LoopEvent;
+        public sealed record HandoffClosed(int Generation, HandoffConnection Connection) : LoopEvent;
+        public sealed record Error(string Message) : LoopEvent;
+    }
+
+    private readonly RunSettings _settings;
+    private readonly string _commandPath;
+    private readonly IReadOnlyList<BoundListener> _listeners;
+    private readonly RuntimeDirectory _runtimeDirectory;
+    private readonly ILogger _log;
+    private readonly BlockingCollection<LoopEvent> _queue = new();
+    private readonly SupervisorStateMachine _machine;
+    private readonly Reaper _reaper;
+    private readonly NotifyServer _notify;
+    private readonly HandoffServer _handoff;
+    private readonly Dictionary<int, List<HandoffConnection>> _connections = [];
+    private readonly List<string> _baseEnvironment;
+    private readonly uint _expectedUid = Syscall.geteuid();
+    private readonly List<PosixSignalRegistration> _signalRegistrations = [];
+    private int _interrupts;
+    private int _refusalsLogged;
+
+    public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners,
+        RuntimeDirectory runtimeDirectory, ILogger log)
+    {
+        _settings = settings;
+        _commandPath = commandPath;
+        _listeners = listeners;
+        _runtimeDirectory = runtimeDirectory;
+        _log = log;
+        _machine = new SupervisorStateMachine(settings.Policy, TimeProvider.System);
+        _reaper = new Reaper((pid, status) => Post(new LoopEvent.Machine(new SupervisorEvent.ChildExited(pid, status))),
+            message => Post(new LoopEvent.Error(message)));
+        _notify = new NotifyServer(runtimeDirectory.File("notify"));
+        _handoff = new HandoffServer(runtimeDirectory.File("handoff"));
+        _baseEnvironment = BuildBaseEnvironment();
+    }
+
+    private void Post(LoopEvent e) => _queue.Add(e);
+
+    /// <summary>Runs until the machine says exit; returns the exit code.</summary>
+    public int Run()
+    {
+        _reaper.Start();
+        _notify.Start(d => Post(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
+        _handoff.Start(c => Post(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
+        RegisterSignals();
+
+        var exitCode = Execute(_machine.Start());
+        while (exitCode is null)
+        {
+            var timeout = Timeout.InfiniteTimeSpan;
+            if (_machine.NextDeadline is { } deadline)
+            {
+                var remaining = deadline - _machine.Now;
+                // Round up to whole milliseconds so the wait never ends just short of the deadline.
+                timeout = remaining <= TimeSpan.Zero ? TimeSpan.Zero : TimeSpan.FromMilliseconds(Math.Ceiling(remaining.TotalMilliseconds));
+            }
+            if (_queue.TryTake(out var e, timeout))
+                exitCode = Handle(e);
+            exitCode ??= Execute(_machine.Tick());
+        }
+        foreach (var r in _signalRegistrations) r.Dispose();
+        return exitCode.Value;
+    }
+
+    private void RegisterSignals()
+    {
+        void On(PosixSignal signal, Func<SupervisorEvent> toEvent) =>
+            _signalRegistrations.Add(PosixSignalRegistration.Create(signal, context =>
+            {
+                context.Cancel = true; // otherwise the runtime re-raises SIGTERM/SIGINT/SIGQUIT with the default action
+                Post(new LoopEvent.Machine(toEvent()));
+            }));
+
+        On((PosixSignal)Signals.SIGUSR2, () => new SupervisorEvent.ReloadRequested("SIGUSR2"));
+        On(PosixSignal.SIGHUP, () => new SupervisorEvent.ReloadRequested("SIGHUP"));
+        On(PosixSignal.SIGTERM, () => new SupervisorEvent.ShutdownRequested("SIGTERM", Interrupt: false));
+        On(PosixSignal.SIGQUIT, () => new SupervisorEvent.ShutdownRequested("SIGQUIT", Interrupt: false));
+        On(PosixSignal.SIGINT, () => new SupervisorEvent.ShutdownRequested(
+            Interlocked.Increment(ref _interrupts) == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true));
+    }
+
+    private int? Handle(LoopEvent e)
+    {
+        switch (e)
+        {
+            case LoopEvent.Machine m:
+                return Execute(_machine.Handle(m.Event));
+            case LoopEvent.Notify n:
+                return OnNotify(n.Datagram);
+            case LoopEvent.HandoffConnected c:
+                OnHandoffConnected(c.Connection);
+                return null;
+            case LoopEvent.HandoffLine l:
+                return OnNotifyLine(l.Generation, l.Line, "handoff socket");
+            case LoopEvent.HandoffClosed c:
+                if (_connections.TryGetValue(c.Generation, out var list)) list.Remove(c.Connection);
+                return null;
+            case LoopEvent.Error err:
+                _log.Error("{Message}", err.Message);
+                return null;
+            default:
+                throw new InvalidOperationException($"unknown loop event {e}");
+        }
+    }
+
+    private int? Execute(IReadOnlyList<SupervisorEffect> effects)
+    {
+        int? exit = null;
+        foreach (var effect in effects)
+        {
+            switch (effect)
+            {
+                case SupervisorEffect.Log l:
+                    _log.Write(ToLevel(l.Severity), "{Message}", l.Message);
+                    break;
+                case SupervisorEffect.SpawnGeneration s:
+                    exit ??= Execute(_machine.Handle(SpawnGeneration(s.Generation)));
+                    break;
+                case SupervisorEffect.SendSignal s:
+                    SendSignal(s);
+                    break;
+                case SupervisorEffect.GenerationGone g:
+                    if (_connections.Remove(g.Generation, out var connections))
+                        foreach (var c in connections) c.Shutdown();
+                    break;
+                case SupervisorEffect.ReloadFinished r:
+                    _log.Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
+                        "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : "failed", r.Outcome.Message);
+                    break;
+                case SupervisorEffect.ServiceReady:
+                    break;
+                case SupervisorEffect.ExitSupervisor x:
+                    exit = x.Code;
+                    break;
+            }
+        }
+        return exit;
+    }
+
+    private SupervisorEvent SpawnGeneration(int generation)
+    {
+        var environment = new List<string>(_baseEnvironment)
+        {
+            "GSUPERVISOR_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture),
+        };
+        var argv = _settings.Command.ToList();
+        try
+        {
+            var pid = Spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
+                _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal));
+            _reaper.ChildStarted();
+            return new SupervisorEvent.ChildSpawned(generation, pid);
+        }
+        catch (SpawnException e)
+        {
+            return new SupervisorEvent.SpawnFailed(generation, e.Message);
+        }
+    }
+
+    private void SendSignal(SupervisorEffect.SendSignal s)
+    {
+        var target = s.WholeProcessGroup ? -s.Pid : s.Pid;
+        _log.Debug("sending {Signal} to {Target}", Signals.Name(s.Signal), s.WholeProcessGroup ? $"process group {s.Pid}" : $"pid {s.Pid}");
+        if (Syscall.kill(target, NativeConvert.ToSignum(s.Signal)) != 0)
+        {
+            var errno = ErrorNumbers.Last;
+            // ESRCH: it exited and the reaper's report is on its way; for a group, the leader may be gone already.
+            if (errno != ErrorNumbers.ESRCH)
+                _log.Warning("cannot send {Signal} to generation {Generation} (pid {Pid}): {Error}", Signals.Name(s.Signal), s.Generation, s.Pid, ErrorNumbers.Describe(errno));
+            else if (s.WholeProcessGroup && Syscall.kill(s.Pid, NativeConvert.ToSignum(s.Signal)) != 0 && ErrorNumbers.Last != ErrorNumbers.ESRCH)
+                _log.Warning("cannot send {Signal} to pid {Pid}", Signals.Name(s.Signal), s.Pid);
+        }
+    }
+
+    private int? OnNotify(ReceivedDatagram d)
+    {
+        if (d.FdsDiscarded > 0)
+            _log.Debug("closed {Count} fds sent with a notify message by pid {Pid} (fd store is not supported)", d.FdsDiscarded, d.SenderPid);
+        if (d.Truncated)
+        {
+            LogRefusal($"dropped a notify message from pid {d.SenderPid}: larger than {NotifyMessage.MaxBytes} bytes");
+            return null;
+        }
+        if (d.SenderUid != _expectedUid && d.SenderUid != 0)
+        {
+            LogRefusal($"dropped a notify message from pid {d.SenderPid}: uid {d.SenderUid} is not the children's uid {_expectedUid}");
+            return null;
+        }
+        if (FindGeneration(d.SenderPid) is not { } generation)
+        {
+            LogRefusal($"dropped a notify message from pid {d.SenderPid}: not a process of any running generation");
+            return null;
+        }
+        return OnNotifyLine(generation, d.Data, "NOTIFY_SOCKET");
+    }
+
+    private int? OnNotifyLine(int generation, byte[] data, string channel)
+    {
+        if (!NotifyMessage.TryParse(data, out var message, out var error))
+        {
+            LogRefusal($"dropped a message from generation {generation} on the {channel}: {error}");
+            return null;
+        }
+        int? exit = null;
+        if (message!.Status is { } status)
+            exit ??= Execute(_machine.Handle(new SupervisorEvent.StatusReported(generation, status)));
+        if (message.Ready)
+            exit ??= Execute(_machine.Handle(new SupervisorEvent.ReadyReported(generation, channel)));
+        if (message.Stopping)
+            exit ??= Execute(_machine.Handle(new SupervisorEvent.StoppingReported(generation)));
+        return exit;
+    }
+
+    private void OnHandoffConnected(HandoffConnection c)
+    {
+        if (c.PeerUid != _expectedUid && c.PeerUid != 0)
+        {
+            LogRefusal($"refused a handoff connection from pid {c.PeerPid}: uid {c.PeerUid} is not the children's uid {_expectedUid}");
+            c.Refuse("wrong uid");
+            return;
+        }
+        if (FindGeneration(c.PeerPid) is not { } generation)
+        {
+            LogRefusal($"refused a handoff connection from pid {c.PeerPid}: not a process of any running generation");
+            c.Refuse("not a process of a running generation");
+            return;
+        }
+        var list = _connections.TryGetValue(generation, out var existing) ? existing : _connections[generation] = [];
+        if (list.Count >= MaxHandoffConnectionsPerGeneration)
+        {
+            LogRefusal($"refused a handoff connection from pid {c.PeerPid}: generation {generation} already holds {list.Count}");
+            c.Refuse("too many connections");
+            return;
+        }
+        var errno = c.SendGreeting(generation, _listeners.Select(l => l.Spec.FdName).ToList(), _listeners.Select(l => l.Fd).ToList());
+        if (errno != 0)
+        {
+            _log.Warning("could not send the listeners to pid {Pid} of generation {Generation}: {Error}", c.PeerPid, generation, ErrorNumbers.Describe(errno));
+            c.Refuse("send failed");
+            return;
+        }
+        list.Add(c);
+        _log.Debug("handed {Count} listeners to pid {Pid} of generation {Generation} over the handoff socket", _listeners.Count, c.PeerPid, generation);
+        c.StartReading(
+            line => Post(new LoopEvent.HandoffLine(generation, c, line)),
+            problem => Post(new LoopEvent.Error($"closed the handoff connection of pid {c.PeerPid} (generation {generation}): {problem}")),
+            () => Post(new LoopEvent.HandoffClosed(generation, c)));
+    }
+
+    private int? FindGeneration(int pid)
+    {
+        var roots = _machine.Generations.Where(g => g.Pid is not null).ToDictionary(g => g.Pid!.Value, g => g.Number);
+        return ProcessTree.FindRoot(pid, roots.Keys) is { } root ? roots[root] : null;
+    }
+
+    /// <summary>Refusals are logged, but a child flooding the sockets cannot flood the log.</summary>
+    private void LogRefusal(string message)
+    {
+        _refusalsLogged++;
+        if (_refusalsLogged <= 20) _log.Warning("{Message}", message);
+        else if (_refusalsLogged % 1000 == 0) _log.Warning("{Message} ({Count} such messages so far)", message, _refusalsLogged);
+    }
+
+    private List<string> BuildBaseEnvironment()
+    {
+        string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+        var environment = new List<string>();
+        foreach (System.Collections.DictionaryEntry entry in Environment.GetEnvironmentVariables())
+        {
+            var key = (string)entry.Key;
+            if (owned.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
+            environment.Add($"{key}={entry.Value}");
+        }
+        if (_listeners.Count > 0)
+        {
+            environment.Add("LISTEN_FDS=" + _listeners.Count.ToString(CultureInfo.InvariantCulture));
+            environment.Add("LISTEN_FDNAMES=" + string.Join(':', _listeners.Select(l => l.Spec.FdName)));
+        }
+        environment.Add("NOTIFY_SOCKET=" + _notify.Path);
+        environment.Add("GSUPERVISOR_HANDOFF=" + _handoff.Path);
+        environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        return environment;
+    }
+
+    private static LogEventLevel ToLevel(LogSeverity s) => s switch
+    {
+        LogSeverity.Debug => LogEventLevel.Debug,
+        LogSeverity.Info => LogEventLevel.Information,
+        LogSeverity.Warning => LogEventLevel.Warning,
+        _ => LogEventLevel.Error,
+    };
+}
