@@ -1,0 +1,246 @@
+// Overview
+// --------
+// What an app uses to be a gsupervisor child. Connect() takes the listening sockets over the handoff socket
+// (GSUPERVISOR_HANDOFF, SCM_RIGHTS), falling back to the systemd protocol (LISTEN_FDS at fds 3.., valid only
+// when LISTEN_PID is this process). Readiness and status go over the handoff connection when there is one,
+// else as sd_notify datagrams to NOTIFY_SOCKET. The handoff connection stays open: end of file on it means
+// the supervisor is gone, which SupervisorGone reports.
+
+using System.Globalization;
+using System.Net.Sockets;
+using System.Text;
+using GSupervisor.Core;
+
+namespace GSupervisor.Client;
+
+/// <summary>A listening socket handed to this process, with its name from <c>--listen NAME=...</c>.</summary>
+/// <param name="Name">The listener's name; <c>unknown</c> when it was given none.</param>
+/// <param name="Socket">The listening socket. It is close-on-exec, so it does not leak into the app's own children.</param>
+/// <param name="Fd">The socket's file descriptor number in this process.</param>
+public sealed record InheritedListener(string Name, Socket Socket, int Fd);
+
+/// <summary>Choices for <see cref="GSupervisorClient.Connect(GSupervisorClientOptions?)"/>.</summary>
+public sealed record GSupervisorClientOptions
+{
+    /// <summary>
+    /// Take the listeners over the handoff socket when the supervisor offers one (the default). When false,
+    /// only the systemd protocol (LISTEN_FDS at fds 3..) is used and readiness goes to NOTIFY_SOCKET.
+    /// </summary>
+    public bool UseHandoffSocket { get; init; } = true;
+}
+
+/// <summary>How the listeners reached this process.</summary>
+public enum ListenerSource
+{
+    /// <summary>No listeners: not supervised, or the supervisor has none.</summary>
+    None,
+    /// <summary>Received over the gsupervisor handoff socket (SCM_RIGHTS).</summary>
+    Handoff,
+    /// <summary>Inherited at fds 3.. by the systemd socket-activation protocol (LISTEN_FDS).</summary>
+    ListenFds,
+}
+
+/// <summary>
+/// The connection of an app to its gsupervisor: the listening sockets, readiness reports, and notice of the
+/// supervisor's end. Create it with <see cref="Connect(GSupervisorClientOptions?)"/> once, early in the app's start.
+/// </summary>
+public sealed class GSupervisorClient : IDisposable
+{
+    private readonly Socket? _handoff;
+    private readonly string? _notifySocket;
+    private readonly CancellationTokenSource _gone = new();
+    private readonly Lock _sendLock = new();
+
+    private GSupervisorClient(bool supervised, int? generation, IReadOnlyList<InheritedListener> listeners,
+        ListenerSource source, Socket? handoff, string? notifySocket)
+    {
+        IsSupervised = supervised;
+        Generation = generation;
+        Listeners = listeners;
+        Source = source;
+        _handoff = handoff;
+        _notifySocket = notifySocket;
+        if (_handoff is not null)
+            new Thread(WatchSupervisor) { IsBackground = true, Name = "gsupervisor-watch" }.Start();
+    }
+
+    /// <summary>True when this process runs under gsupervisor (GSUPERVISOR_PID is set).</summary>
+    public bool IsSupervised { get; }
+
+    /// <summary>This process's generation number (1, 2, 3, ...), or null when not supervised.</summary>
+    public int? Generation { get; }
+
+    /// <summary>The listening sockets handed to this process, in the supervisor's <c>--listen</c> order.</summary>
+    public IReadOnlyList<InheritedListener> Listeners { get; }
+
+    /// <summary>How <see cref="Listeners"/> arrived.</summary>
+    public ListenerSource Source { get; }
+
+    /// <summary>
+    /// Cancelled when the supervisor is gone (its handoff connection reached end of file). The app decides what
+    /// to do; the usual answer is to stop gracefully, so that a restarted supervisor can bind again.
+    /// Never cancelled when the listeners came by LISTEN_FDS alone.
+    /// </summary>
+    public CancellationToken SupervisorGone => _gone.Token;
+
+    /// <summary>
+    /// Connects using this process's environment. Outside gsupervisor it does not fail: then
+    /// <see cref="IsSupervised"/> is false and <see cref="Listeners"/> is empty (or holds LISTEN_FDS sockets
+    /// when another socket activator, such as systemd, passed them).
+    /// </summary>
+    /// <exception cref="IOException">The supervisor's handoff socket is named but refused or broke the handoff.</exception>
+    public static GSupervisorClient Connect(GSupervisorClientOptions? options = null) =>
+        Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
+
+    /// <summary>Connects using the given environment and pid (internal for testing).</summary>
+    internal static GSupervisorClient Connect(IReadOnlyDictionary<string, string> environment, int processId, GSupervisorClientOptions options)
+    {
+        var supervised = environment.ContainsKey("GSUPERVISOR_PID");
+        int? generation = environment.TryGetValue("GSUPERVISOR_GENERATION", out var g) &&
+            int.TryParse(g, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : null;
+        var notify = environment.GetValueOrDefault("NOTIFY_SOCKET") is { Length: > 0 } ns ? ns : null;
+
+        if (options.UseHandoffSocket && environment.GetValueOrDefault("GSUPERVISOR_HANDOFF") is { Length: > 0 } handoffPath)
+        {
+            var (socket, greeting, listeners) = Handoff(handoffPath);
+            // The fds at 3.. are the same sockets; close those copies so the app holds each socket once.
+            CloseListenFds(environment, processId);
+            return new GSupervisorClient(supervised, greeting.Generation, listeners, ListenerSource.Handoff, socket, notify);
+        }
+
+        var inherited = FromListenFds(environment, processId);
+        return new GSupervisorClient(supervised || inherited.Count > 0, generation, inherited,
+            inherited.Count > 0 ? ListenerSource.ListenFds : ListenerSource.None, null, notify);
+    }
+
+    /// <summary>Reports that the app is ready to serve: the supervisor then stops the previous generation.</summary>
+    public void NotifyReady() => Send("READY=1");
+
+    /// <summary>Reports a one-line human-readable status.</summary>
+    public void NotifyStatus(string status) => Send("STATUS=" + status.Replace('\n', ' '));
+
+    /// <summary>Reports that the app has begun to stop.</summary>
+    public void NotifyStopping() => Send("STOPPING=1");
+
+    private void Send(string line)
+    {
+        var bytes = Encoding.UTF8.GetBytes(line + "\n");
+        lock (_sendLock)
+        {
+            if (_handoff is not null && !_gone.IsCancellationRequested)
+            {
+                try
+                {
+                    _handoff.Send(bytes);
+                    return;
+                }
+                catch (SocketException)
+                {
+                    // The supervisor went away mid-send; fall through to NOTIFY_SOCKET, which may still reach it.
+                }
+            }
+            if (_notifySocket is null) return;
+            using var datagram = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+            try
+            {
+                datagram.SendTo(bytes, new UnixDomainSocketEndPoint(_notifySocket.StartsWith('@') ? "\0" + _notifySocket[1..] : _notifySocket));
+            }
+            catch (SocketException)
+            {
+                // No supervisor listening: as sd_notify, reporting to nobody is not an error.
+            }
+        }
+    }
+
+    private void WatchSupervisor()
+    {
+        var buffer = new byte[256];
+        try
+        {
+            while (_handoff!.Receive(buffer) > 0)
+            {
+                // The supervisor sends nothing after the greeting today; lines it may add later are ignored.
+            }
+        }
+        catch (SocketException)
+        {
+            // A reset is the supervisor going away too.
+        }
+        catch (ObjectDisposedException)
+        {
+            return; // the app closed the connection itself
+        }
+        _gone.Cancel();
+    }
+
+    private static (Socket Socket, HandoffProtocol.Greeting Greeting, List<InheritedListener> Listeners) Handoff(string path)
+    {
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            socket.Connect(new UnixDomainSocketEndPoint(path));
+            var fds = new List<int>();
+            var line = new List<byte>();
+            var buffer = new byte[HandoffProtocol.MaxLineBytes];
+            while (!line.Contains((byte)'\n'))
+            {
+                var n = Native.Receive((int)socket.Handle, buffer, fds);
+                if (n == 0) throw new IOException("the supervisor closed the handoff connection before its greeting");
+                line.AddRange(buffer.AsSpan(0, n).ToArray());
+                if (line.Count > HandoffProtocol.MaxLineBytes) throw new IOException("the handoff greeting is too long");
+            }
+            var text = Encoding.UTF8.GetString(line.ToArray(), 0, line.IndexOf((byte)'\n'));
+            if (!HandoffProtocol.TryParseGreeting(text, out var greeting, out var error) || greeting!.FdCount != fds.Count)
+            {
+                foreach (var fd in fds) Native.close(fd);
+                throw new IOException(error.Length > 0 ? error : $"the greeting announced {greeting!.FdCount} sockets but {fds.Count} arrived");
+            }
+            var listeners = fds.Select((fd, i) => new InheritedListener(greeting.Names[i], AdoptSocket(fd), fd)).ToList();
+            return (socket, greeting, listeners);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static List<InheritedListener> FromListenFds(IReadOnlyDictionary<string, string> environment, int processId)
+    {
+        var count = ListenFdCount(environment, processId);
+        var names = environment.GetValueOrDefault("LISTEN_FDNAMES")?.Split(':') ?? [];
+        var listeners = new List<InheritedListener>();
+        for (var i = 0; i < count; i++)
+        {
+            var fd = 3 + i;
+            Native.SetCloseOnExec(fd);
+            listeners.Add(new InheritedListener(i < names.Length && names[i].Length > 0 ? names[i] : "unknown", AdoptSocket(fd), fd));
+        }
+        return listeners;
+    }
+
+    private static void CloseListenFds(IReadOnlyDictionary<string, string> environment, int processId)
+    {
+        var count = ListenFdCount(environment, processId);
+        for (var i = 0; i < count; i++) Native.close(3 + i);
+    }
+
+    private static int ListenFdCount(IReadOnlyDictionary<string, string> environment, int processId)
+    {
+        if (!environment.TryGetValue("LISTEN_PID", out var pid) || pid != processId.ToString(CultureInfo.InvariantCulture)) return 0;
+        return environment.TryGetValue("LISTEN_FDS", out var fds) && int.TryParse(fds, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
+    }
+
+    private static Socket AdoptSocket(int fd) => new(new SafeSocketHandle(fd, ownsHandle: true));
+
+    private static Dictionary<string, string> ReadEnvironment()
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+            result[(string)e.Key] = (string?)e.Value ?? "";
+        return result;
+    }
+
+    /// <summary>Closes the handoff connection. The listener sockets belong to the app and are left open.</summary>
+    public void Dispose() => _handoff?.Dispose();
+}

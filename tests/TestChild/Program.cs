@@ -1,0 +1,138 @@
+// A child process for gsupervisor's integration tests. It takes its listeners by LISTEN_FDS or over the
+// handoff socket, answers each connection with one HTTP/1.1 response ("pid=P gen=G"), reports readiness
+// as asked, and can misbehave on request (exit early, never get ready, ignore SIGTERM, crash).
+//
+//   TestChild [--listeners fds|handoff] [--ready notify|handoff|never] [--ready-after DURATION-MS]
+//             [--exit-before-ready CODE] [--ignore-term] [--response-delay-ms N]
+//             [--crash-after-ready-ms N]
+
+using System.Globalization;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text;
+using GSupervisor.Client;
+
+var options = new Dictionary<string, string>();
+var flags = new HashSet<string>();
+for (var i = 0; i < args.Length; i++)
+{
+    if (args[i] is "--ignore-term") flags.Add(args[i]);
+    else if (i + 1 < args.Length) options[args[i]] = args[++i];
+}
+string Opt(string name, string fallback) => options.GetValueOrDefault(name, fallback);
+int IntOpt(string name, int fallback) => int.Parse(Opt(name, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
+
+var generation = Environment.GetEnvironmentVariable("GSUPERVISOR_GENERATION") ?? "0";
+var pid = Environment.ProcessId;
+
+if (options.TryGetValue("--exit-before-ready", out var earlyExit))
+    return int.Parse(earlyExit, CultureInfo.InvariantCulture);
+
+using var stopping = new CancellationTokenSource();
+var ignoreTerm = flags.Contains("--ignore-term");
+using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+{
+    context.Cancel = true;
+    if (!ignoreTerm) stopping.Cancel();
+});
+
+using var client = GSupervisorClient.Connect(new GSupervisorClientOptions { UseHandoffSocket = Opt("--listeners", "fds") == "handoff" });
+
+var responseDelay = TimeSpan.FromMilliseconds(IntOpt("--response-delay-ms", 0));
+var inFlight = new CountdownEvent(1);
+var acceptors = client.Listeners.Select(l => Task.Run(() => AcceptLoop(l.Socket))).ToList();
+
+await Task.Delay(IntOpt("--ready-after", 0));
+switch (Opt("--ready", "notify"))
+{
+    case "notify": NotifyDatagram("READY=1\nSTATUS=serving\n"); break;
+    case "handoff": client.NotifyReady(); break;
+    case "never": break;
+}
+
+if (options.TryGetValue("--crash-after-ready-ms", out var crashAfter))
+{
+    await Task.Delay(int.Parse(crashAfter, CultureInfo.InvariantCulture));
+    Environment.Exit(70);
+}
+
+try
+{
+    await Task.Delay(Timeout.Infinite, stopping.Token);
+}
+catch (OperationCanceledException)
+{
+    // SIGTERM: stop accepting, finish what was accepted, exit.
+}
+await Task.WhenAll(acceptors);
+inFlight.Signal();
+inFlight.Wait(TimeSpan.FromSeconds(30));
+return 0;
+
+async Task AcceptLoop(Socket listener)
+{
+    while (!stopping.IsCancellationRequested)
+    {
+        Socket connection;
+        try
+        {
+            // Cancelling a pending accept leaves the shared listening socket alone (no shutdown).
+            connection = await listener.AcceptAsync(stopping.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+        inFlight.AddCount();
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await Serve(connection);
+            }
+            finally
+            {
+                inFlight.Signal();
+            }
+        });
+    }
+}
+
+async Task Serve(Socket connection)
+{
+    using (connection)
+    {
+        var buffer = new byte[4096];
+        var received = new StringBuilder();
+        try
+        {
+            while (!received.ToString().Contains("\r\n\r\n", StringComparison.Ordinal))
+            {
+                var n = await connection.ReceiveAsync(buffer);
+                if (n == 0) return;
+                received.Append(Encoding.ASCII.GetString(buffer, 0, n));
+            }
+            if (responseDelay > TimeSpan.Zero) await Task.Delay(responseDelay);
+            var body = $"pid={pid} gen={generation}\n";
+            var response = $"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n{body}";
+            await connection.SendAsync(Encoding.ASCII.GetBytes(response));
+            connection.Shutdown(SocketShutdown.Send);
+            // Let the client read the response before close, so close never turns into a reset.
+            while (await connection.ReceiveAsync(buffer) > 0)
+            {
+            }
+        }
+        catch (SocketException)
+        {
+            // The client went away: nothing to answer.
+        }
+    }
+}
+
+void NotifyDatagram(string message)
+{
+    var path = Environment.GetEnvironmentVariable("NOTIFY_SOCKET");
+    if (string.IsNullOrEmpty(path)) return;
+    using var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+    socket.SendTo(Encoding.UTF8.GetBytes(message), new UnixDomainSocketEndPoint(path));
+}
