@@ -4,13 +4,20 @@
 //
 //   TestChild [--listeners fds|handoff] [--ready notify|handoff|never] [--ready-after DURATION-MS]
 //             [--exit-before-ready CODE] [--ignore-term] [--response-delay-ms N]
-//             [--crash-after-ready-ms N]
+//             [--crash-after-ready-ms N] [--args-file PATH]
 
 using System.Globalization;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
 using GSupervisor.Client;
+
+// --args-file PATH: more arguments, read from a file at start, so a test can change how the next generation behaves.
+var argList = args.ToList();
+var argsFile = argList.IndexOf("--args-file");
+if (argsFile >= 0 && argsFile + 1 < argList.Count && File.Exists(argList[argsFile + 1]))
+    argList.AddRange(File.ReadAllText(argList[argsFile + 1]).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+args = argList.ToArray();
 
 var options = new Dictionary<string, string>();
 var flags = new HashSet<string>();

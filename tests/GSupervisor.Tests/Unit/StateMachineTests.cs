@@ -1,0 +1,414 @@
+using GSupervisor.Core;
+using Microsoft.Extensions.Time.Testing;
+using static GSupervisor.Core.SupervisorEffect;
+using static GSupervisor.Core.SupervisorEvent;
+
+namespace GSupervisor.Tests.Unit;
+
+/// <summary>The reload protocol, driven event by event with a fake clock.</summary>
+public class StateMachineTests
+{
+    private FakeTimeProvider _clock = null!;
+    private SupervisorStateMachine _machine = null!;
+    private int _nextPid;
+
+    private SupervisorStateMachine Create(SupervisorPolicy? policy = null)
+    {
+        _clock = new FakeTimeProvider();
+        _nextPid = 1000;
+        _machine = new SupervisorStateMachine(policy ?? new SupervisorPolicy(), _clock);
+        return _machine;
+    }
+
+    /// <summary>Feeds effects back as the OS edge would: every spawn succeeds with the next pid.</summary>
+    private List<SupervisorEffect> Run(IReadOnlyList<SupervisorEffect> effects)
+    {
+        var all = new List<SupervisorEffect>();
+        foreach (var e in effects)
+        {
+            all.Add(e);
+            if (e is SpawnGeneration s) all.AddRange(Run(_machine.Handle(new ChildSpawned(s.Generation, ++_nextPid))));
+        }
+        return all;
+    }
+
+    private List<SupervisorEffect> On(SupervisorEvent e) => Run(_machine.Handle(e));
+    private List<SupervisorEffect> Advance(TimeSpan by)
+    {
+        _clock.Advance(by);
+        return Run(_machine.Tick());
+    }
+
+    private int PidOf(int generation) => _machine.FindByNumber(generation)!.Pid!.Value;
+
+    /// <summary>Starts generation 1 and makes it ready.</summary>
+    private void StartServing(SupervisorPolicy? policy = null)
+    {
+        Create(policy);
+        Run(_machine.Start());
+        On(new ReadyReported(1, "test"));
+        Assert.That(_machine.Serving?.Number, Is.EqualTo(1));
+    }
+
+    private static IEnumerable<SendSignal> Signals(IEnumerable<SupervisorEffect> fx) => fx.OfType<SendSignal>();
+
+    [Test]
+    public void Start_spawns_generation_one_and_waits_for_ready()
+    {
+        Create();
+        var fx = Run(_machine.Start());
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(1));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Starting));
+        Assert.That(_machine.Starting!.Pid, Is.EqualTo(1001));
+        Assert.That(_machine.NextDeadline, Is.EqualTo(TimeSpan.FromSeconds(60)));
+    }
+
+    [Test]
+    public void Ready_of_first_generation_makes_the_service_ready()
+    {
+        Create();
+        Run(_machine.Start());
+        var fx = On(new ReadyReported(1, "test"));
+        Assert.That(fx.OfType<ServiceReady>().Single(), Is.EqualTo(new ServiceReady(1, 1001)));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Running));
+        Assert.That(_machine.NextDeadline, Is.Null, "nothing to wait for while serving");
+    }
+
+    [Test]
+    public void Reload_stops_the_old_generation_only_after_the_new_one_is_ready()
+    {
+        StartServing();
+        var fx = On(new ReloadRequested("SIGUSR2"));
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(2));
+        Assert.That(Signals(fx), Is.Empty, "generation 1 keeps serving while 2 starts");
+
+        fx = On(new ReadyReported(2, "test"));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGTERM, false)));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.True);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+        Assert.That(_machine.FindByNumber(1)!.State, Is.EqualTo(GenerationState.Draining));
+    }
+
+    [Test]
+    public void Draining_generation_that_outlives_the_stop_timeout_gets_SIGKILL_on_its_group()
+    {
+        StartServing(new SupervisorPolicy { StopTimeout = TimeSpan.FromSeconds(5) });
+        On(new ReloadRequested("test"));
+        On(new ReadyReported(2, "test"));
+        var oldPid = PidOf(1);
+
+        Assert.That(Signals(Advance(TimeSpan.FromSeconds(4.9))), Is.Empty);
+        var fx = Advance(TimeSpan.FromSeconds(0.1));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, oldPid, Core.Signals.SIGKILL, true)));
+
+        fx = On(new ChildExited(oldPid, ExitStatus.Killed(9)));
+        Assert.That(_machine.Generations.Select(g => g.Number), Is.EqualTo(new[] { 2 }));
+        Assert.That(fx.OfType<GenerationGone>().Single().Generation, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void New_generation_exiting_before_ready_rolls_back_and_leaves_the_old_one_alone()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        var fx = On(new ChildExited(PidOf(2), ExitStatus.Exited(3)));
+        Assert.That(Signals(fx), Is.Empty);
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Message, Does.Contain("exit code 3").And.Contain("generation 1").And.Contain("keeps serving"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Running));
+    }
+
+    [Test]
+    public void New_generation_killed_by_a_signal_before_ready_rolls_back()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        var fx = On(new ChildExited(PidOf(2), ExitStatus.Killed(11, coreDumped: true)));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Message, Does.Contain("SIGSEGV"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void Spawn_failure_on_reload_rolls_back()
+    {
+        StartServing();
+        var fx = _machine.Handle(new ReloadRequested("test"));
+        var spawn = fx.OfType<SpawnGeneration>().Single();
+        fx = _machine.Handle(new SpawnFailed(spawn.Generation, "No such file or directory"));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.False);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+        Assert.That(_machine.Starting, Is.Null);
+    }
+
+    [Test]
+    public void Ready_timeout_stops_the_new_generation_with_a_hint_and_keeps_the_old()
+    {
+        StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(10) });
+        On(new ReloadRequested("test"));
+        var newPid = PidOf(2);
+        Assert.That(Signals(Advance(TimeSpan.FromSeconds(9.999))), Is.Empty);
+
+        var fx = Advance(TimeSpan.FromMilliseconds(1));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(2, newPid, Core.Signals.SIGTERM, false)));
+        var logs = string.Join("\n", fx.OfType<Log>().Select(l => l.Message));
+        Assert.That(logs, Does.Contain("generation 2 (pid " + newPid + ") sent no READY=1 within 10s").And.Contain("--ready delay:2s"));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.False);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+
+        fx = On(new ChildExited(newPid, ExitStatus.Exited(0)));
+        Assert.That(Signals(fx), Is.Empty);
+        Assert.That(_machine.Generations.Single().Number, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void Delay_mode_counts_a_child_alive_after_the_delay_as_ready()
+    {
+        StartServingInDelayMode();
+        On(new ReloadRequested("test"));
+        Assert.That(Signals(Advance(TimeSpan.FromMilliseconds(1999))), Is.Empty);
+        var fx = Advance(TimeSpan.FromMilliseconds(1));
+        Assert.That(Signals(fx).Single().Generation, Is.EqualTo(1));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+    }
+
+    private void StartServingInDelayMode()
+    {
+        Create(new SupervisorPolicy { ReadyMode = ReadyMode.Delay, ReadyDelay = TimeSpan.FromSeconds(2) });
+        Run(_machine.Start());
+        Advance(TimeSpan.FromSeconds(2));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void Reload_requests_during_a_reload_collapse_into_one_that_follows_it()
+    {
+        StartServing();
+        On(new ReloadRequested("first"));
+        var spawned = new List<SupervisorEffect>();
+        for (var i = 0; i < 100; i++) spawned.AddRange(On(new ReloadRequested("storm")));
+        Assert.That(spawned.OfType<SpawnGeneration>(), Is.Empty, "no second generation while one is starting");
+        Assert.That(_machine.ReloadPending, Is.True);
+
+        var fx = On(new ReadyReported(2, "test"));
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(3), "one queued reload follows");
+        Assert.That(_machine.ReloadPending, Is.False);
+
+        fx = On(new ReadyReported(3, "test"));
+        Assert.That(fx.OfType<SpawnGeneration>(), Is.Empty);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(3));
+        Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Draining), Is.EqualTo(2), "1 and 2 drain at once");
+    }
+
+    [Test]
+    public void Queued_reload_still_runs_after_the_reload_before_it_failed()
+    {
+        StartServing();
+        On(new ReloadRequested("first"));
+        On(new ReloadRequested("second"));
+        var fx = On(new ChildExited(PidOf(2), ExitStatus.Exited(1)));
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(3));
+    }
+
+    [Test]
+    public void Several_generations_drain_at_once_each_on_its_own_deadline()
+    {
+        StartServing(new SupervisorPolicy { StopTimeout = TimeSpan.FromSeconds(10) });
+        On(new ReloadRequested("a"));
+        On(new ReadyReported(2, "test"));          // 1 drains from t=0
+        Advance(TimeSpan.FromSeconds(4));
+        On(new ReloadRequested("b"));
+        On(new ReadyReported(3, "test"));          // 2 drains from t=4
+
+        var fx = Advance(TimeSpan.FromSeconds(6)); // t=10: only 1 is due
+        Assert.That(Signals(fx).Select(s => s.Generation), Is.EqualTo(new[] { 1 }));
+        fx = Advance(TimeSpan.FromSeconds(4));     // t=14: 2 is due
+        Assert.That(Signals(fx).Select(s => s.Generation), Is.EqualTo(new[] { 2 }));
+    }
+
+    [Test]
+    public void Serving_child_that_dies_is_restarted_with_growing_backoff_up_to_a_cap()
+    {
+        var policy = new SupervisorPolicy
+        {
+            RestartBackoffInitial = TimeSpan.FromMilliseconds(250),
+            RestartBackoffMax = TimeSpan.FromSeconds(2),
+        };
+        StartServing(policy);
+        var delays = new List<TimeSpan?>();
+        var generation = 1;
+        for (var attempt = 0; attempt < 6; attempt++)
+        {
+            var pid = PidOf(generation);
+            if (_machine.FindByNumber(generation)!.State == GenerationState.Ready)
+                On(new ChildExited(pid, ExitStatus.Killed(11)));
+            else
+                On(new ChildExited(pid, ExitStatus.Exited(1)));
+            delays.Add(_machine.RestartAt - _machine.Now);
+            Assert.That(_machine.Generations, Is.Empty, "nothing runs during the backoff");
+            var fx = Advance(_machine.RestartAt!.Value - _machine.Now);
+            generation = fx.OfType<SpawnGeneration>().Single().Generation;
+        }
+        Assert.That(delays, Is.EqualTo(new TimeSpan?[]
+        {
+            TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1),
+            TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(2),
+        }));
+        Assert.That(_machine.Restarts, Is.EqualTo(6));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Running));
+    }
+
+    [Test]
+    public void A_generation_that_served_long_enough_resets_the_backoff()
+    {
+        StartServing(new SupervisorPolicy { StableAfter = TimeSpan.FromSeconds(10) });
+        On(new ChildExited(PidOf(1), ExitStatus.Exited(1)));
+        Advance(TimeSpan.FromMilliseconds(250));
+        On(new ReadyReported(2, "test"));
+        On(new ChildExited(PidOf(2), ExitStatus.Exited(1)));
+        Assert.That(_machine.RestartAt - _machine.Now, Is.EqualTo(TimeSpan.FromMilliseconds(500)), "short-lived: backoff grows");
+        Advance(TimeSpan.FromMilliseconds(500));
+        On(new ReadyReported(3, "test"));
+        Advance(TimeSpan.FromSeconds(11));
+        On(new ChildExited(PidOf(3), ExitStatus.Exited(1)));
+        Assert.That(_machine.RestartAt - _machine.Now, Is.EqualTo(TimeSpan.FromMilliseconds(250)), "stable: backoff starts over");
+    }
+
+    [Test]
+    public void Reload_during_the_restart_backoff_starts_at_once()
+    {
+        StartServing(new SupervisorPolicy { RestartBackoffInitial = TimeSpan.FromSeconds(5) });
+        On(new ChildExited(PidOf(1), ExitStatus.Exited(1)));
+        var fx = On(new ReloadRequested("SIGUSR2"));
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(2));
+        Assert.That(_machine.RestartAt, Is.Null);
+    }
+
+    [Test]
+    public void Serving_child_dying_during_a_reload_lets_the_new_one_take_over()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        var fx = On(new ChildExited(PidOf(1), ExitStatus.Killed(9)));
+        Assert.That(_machine.RestartAt, Is.Null, "no restart: generation 2 is already starting");
+        fx = On(new ReadyReported(2, "test"));
+        Assert.That(Signals(fx), Is.Empty);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+    }
+
+    [Test]
+    public void Without_restart_the_supervisor_exits_with_the_childs_status()
+    {
+        StartServing(new SupervisorPolicy { Restart = false });
+        var fx = On(new ChildExited(PidOf(1), ExitStatus.Killed(6)));
+        Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(128 + 6));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Exited));
+    }
+
+    [Test]
+    public void Without_restart_the_others_are_stopped_before_exiting()
+    {
+        StartServing(new SupervisorPolicy { Restart = false });
+        On(new ReloadRequested("test"));
+        On(new ReadyReported(2, "test"));
+        var fx = On(new ChildExited(PidOf(2), ExitStatus.Exited(4)));
+        Assert.That(fx.OfType<ExitSupervisor>(), Is.Empty, "generation 1 is still draining");
+        fx = On(new ChildExited(PidOf(1), ExitStatus.Exited(0)));
+        Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(4));
+    }
+
+    [Test]
+    public void First_generation_that_never_becomes_ready_ends_the_supervisor_with_its_status()
+    {
+        Create();
+        Run(_machine.Start());
+        var fx = On(new ChildExited(1001, ExitStatus.Exited(3)));
+        Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(3));
+    }
+
+    [Test]
+    public void First_generation_missing_its_ready_timeout_ends_the_supervisor_with_status_1()
+    {
+        Create(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(1) });
+        Run(_machine.Start());
+        var fx = Advance(TimeSpan.FromSeconds(1));
+        Assert.That(Signals(fx).Single().Signal, Is.EqualTo(Core.Signals.SIGTERM));
+        fx = On(new ChildExited(1001, ExitStatus.Killed(15)));
+        Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void Shutdown_stops_every_generation_and_exits_0_when_all_are_gone()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        var fx = On(new ShutdownRequested("SIGTERM", Interrupt: false));
+        Assert.That(Signals(fx).Select(s => (s.Generation, s.Signal)), Is.EquivalentTo(new[] { (1, 15), (2, 15) }));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.False, "the reload under way is abandoned");
+        Assert.That(On(new ChildExited(PidOf(1), ExitStatus.Exited(0))).OfType<ExitSupervisor>(), Is.Empty);
+        Assert.That(On(new ChildExited(PidOf(2), ExitStatus.Exited(0))).OfType<ExitSupervisor>().Single().Code, Is.EqualTo(0));
+    }
+
+    [Test]
+    public void Second_SIGINT_kills_at_once_but_a_second_SIGTERM_does_not()
+    {
+        StartServing();
+        On(new ShutdownRequested("SIGTERM", Interrupt: false));
+        Assert.That(Signals(On(new ShutdownRequested("SIGTERM", Interrupt: false))), Is.Empty);
+        var fx = On(new ShutdownRequested("SIGINT", Interrupt: true));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGKILL, true)));
+    }
+
+    [Test]
+    public void Reload_while_shutting_down_is_ignored()
+    {
+        StartServing();
+        On(new ShutdownRequested("SIGTERM", Interrupt: false));
+        Assert.That(On(new ReloadRequested("SIGUSR2")).OfType<SpawnGeneration>(), Is.Empty);
+    }
+
+    [Test]
+    public void Ready_from_a_draining_generation_changes_nothing()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        On(new ReadyReported(2, "test"));
+        var fx = On(new ReadyReported(1, "test"));
+        Assert.That(Signals(fx), Is.Empty);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+    }
+
+    [Test]
+    public void Exit_of_an_unknown_pid_is_only_noted()
+    {
+        StartServing();
+        var fx = On(new ChildExited(4242, ExitStatus.Exited(0)));
+        Assert.That(fx.All(e => e is Log { Severity: LogSeverity.Debug }), Is.True);
+    }
+
+    [Test]
+    public void Random_event_sequences_keep_the_invariants([Values(1, 2, 3, 4, 5, 6, 7, 8)] int seed)
+    {
+        var random = new Random(seed);
+        StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(3), StopTimeout = TimeSpan.FromSeconds(2) });
+        for (var step = 0; step < 2000 && _machine.Phase != SupervisorPhase.Exited; step++)
+        {
+            var live = _machine.Generations.Where(g => g.Pid is not null).ToList();
+            var pick = live.Count > 0 ? live[random.Next(live.Count)] : null;
+            switch (random.Next(10))
+            {
+                case 0 or 1 or 2: On(new ReloadRequested("random")); break;
+                case 3 or 4 when pick is not null: On(new ReadyReported(pick.Number, "random")); break;
+                case 5 when pick is not null: On(new ChildExited(pick.Pid!.Value, ExitStatus.Exited(random.Next(3)))); break;
+                case 6 when step > 1900: On(new ShutdownRequested("random", random.Next(2) == 0)); break;
+                default: Advance(TimeSpan.FromMilliseconds(random.Next(1, 1500))); break;
+            }
+            Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Starting), Is.LessThanOrEqualTo(1));
+            Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Ready), Is.LessThanOrEqualTo(1));
+            if (_machine.Phase == SupervisorPhase.Running)
+                Assert.That(_machine.Serving is not null || _machine.Starting is not null || _machine.RestartAt is not null, Is.True,
+                    "while running, something serves, starts, or is about to restart");
+        }
+    }
+}
