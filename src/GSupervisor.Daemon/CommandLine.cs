@@ -122,12 +122,6 @@ internal static class CommandLineReader
 
     private static Result Validate(RunOptions o)
     {
-        var command = o.Command.ToList();
-        if (command.Count == 0)
-            return UsageError("no command to run; put it after '--', e.g. gsupervisor --listen :8080 -- dotnet app.dll");
-        if (command[0].Length == 0)
-            return UsageError("the command is an empty string");
-
         var specs = new List<ListenSpec>();
         foreach (var text in o.Listen)
         {
@@ -135,6 +129,12 @@ internal static class CommandLineReader
             specs.Add(spec!);
         }
         if (!ListenSpec.TryValidateSet(specs, out var setError)) return UsageError(setError);
+
+        var command = o.Command.ToList();
+        if (command.Count == 0)
+            return UsageError("no command to run; put it after '--', e.g. gsupervisor --listen :8080 -- dotnet app.dll");
+        if (command[0].Length == 0)
+            return UsageError("the command is an empty string");
 
         var policy = new SupervisorPolicy { Restart = !o.NoRestart };
         if (o.Ready == "notify")
