@@ -13,11 +13,35 @@ using GSupervisor.Core;
 
 namespace GSupervisor.Client;
 
-/// <summary>A listening socket handed to this process, with its name from <c>--listen NAME=...</c>.</summary>
-/// <param name="Name">The listener's name; <c>unknown</c> when it was given none.</param>
-/// <param name="Socket">The listening socket. It is close-on-exec, so it does not leak into the app's own children.</param>
-/// <param name="Fd">The socket's file descriptor number in this process.</param>
-public sealed record InheritedListener(string Name, Socket Socket, int Fd);
+/// <summary>
+/// A listening socket handed to this process, with its name from <c>--listen NAME=...</c>. Its fd is
+/// close-on-exec, so it does not leak into the app's own children.
+/// </summary>
+public sealed class InheritedListener
+{
+    private readonly Lazy<Socket> _socket;
+
+    internal InheritedListener(string name, int fd)
+    {
+        Name = name;
+        Fd = fd;
+        _socket = new Lazy<Socket>(() => new Socket(new SafeSocketHandle(fd, ownsHandle: true)));
+    }
+
+    /// <summary>The listener's name; <c>unknown</c> when it was given none.</summary>
+    public string Name { get; }
+
+    /// <summary>The socket's file descriptor in this process, for servers that adopt a raw handle (Kestrel's <c>ListenHandle</c>).</summary>
+    public int Fd { get; }
+
+    /// <summary>
+    /// The listening socket as a .NET <see cref="System.Net.Sockets.Socket"/>, created on first use and owning the fd.
+    /// Use either this or <see cref="Fd"/>, not both. Stop accepting by cancelling the accept, never by
+    /// disposing or shutting down the socket while an accept is pending: that would disconnect the socket shared
+    /// with the other generation.
+    /// </summary>
+    public Socket Socket => _socket.Value;
+}
 
 /// <summary>Choices for <see cref="GSupervisorClient.Connect(GSupervisorClientOptions?)"/>.</summary>
 public sealed record GSupervisorClientOptions
@@ -195,7 +219,7 @@ public sealed class GSupervisorClient : IDisposable
                 foreach (var fd in fds) Native.close(fd);
                 throw new IOException(error.Length > 0 ? error : $"the greeting announced {greeting!.FdCount} sockets but {fds.Count} arrived");
             }
-            var listeners = fds.Select((fd, i) => new InheritedListener(greeting.Names[i], AdoptSocket(fd), fd)).ToList();
+            var listeners = fds.Select((fd, i) => new InheritedListener(greeting.Names[i], fd)).ToList();
             return (socket, greeting, listeners);
         }
         catch
@@ -214,7 +238,7 @@ public sealed class GSupervisorClient : IDisposable
         {
             var fd = 3 + i;
             Native.SetCloseOnExec(fd);
-            listeners.Add(new InheritedListener(i < names.Length && names[i].Length > 0 ? names[i] : "unknown", AdoptSocket(fd), fd));
+            listeners.Add(new InheritedListener(i < names.Length && names[i].Length > 0 ? names[i] : "unknown", fd));
         }
         return listeners;
     }
@@ -230,8 +254,6 @@ public sealed class GSupervisorClient : IDisposable
         if (!environment.TryGetValue("LISTEN_PID", out var pid) || pid != processId.ToString(CultureInfo.InvariantCulture)) return 0;
         return environment.TryGetValue("LISTEN_FDS", out var fds) && int.TryParse(fds, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
     }
-
-    private static Socket AdoptSocket(int fd) => new(new SafeSocketHandle(fd, ownsHandle: true));
 
     private static Dictionary<string, string> ReadEnvironment()
     {
