@@ -69,6 +69,19 @@ public class SupervisorTests
     }
 
     [Test]
+    public void Supervisor_never_catches_SIGCHLD_so_the_runtime_cannot_reap_its_children()
+    {
+        // As PID 1 the .NET runtime reaps every child from its SIGCHLD handler, if one is installed;
+        // the supervisor's reaper must stay the only one that waits.
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child()]);
+        supervisor.WaitForReady(1);
+        var caught = File.ReadAllLines($"/proc/{supervisor.Pid}/status").Single(l => l.StartsWith("SigCgt:", StringComparison.Ordinal));
+        var mask = Convert.ToUInt64(caught.Split(':')[1].Trim(), 16);
+        Assert.That(mask & (1UL << (17 - 1)), Is.EqualTo(0UL), "SIGCHLD is not caught");
+        Assert.That(mask & (1UL << (12 - 1)), Is.Not.EqualTo(0UL), "SIGUSR2 is caught");
+    }
+
+    [Test]
     public void Serves_on_the_handed_socket_by_LISTEN_FDS_and_sd_notify()
     {
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child("--ready", "notify")]);
