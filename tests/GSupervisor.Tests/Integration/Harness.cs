@@ -67,6 +67,7 @@ internal static class Paths
     private static string Configuration => Metadata("Configuration");
     public static string Supervisor => Path.Combine(Root, "src/GSupervisor.Daemon/bin", Configuration, "net10.0/gsupervisor");
     public static string TestChild => Path.Combine(Root, "tests/TestChild/bin", Configuration, "net10.0/TestChild");
+    public static string HelloKestrel => Path.Combine(Root, "examples/HelloKestrel/bin", Configuration, "net10.0/HelloKestrel");
 }
 
 internal static class Poll
@@ -319,5 +320,130 @@ internal static class Http
         var text = reader.ReadToEnd();
         Assert.That(text, Does.StartWith("HTTP/1.1 200 "));
         return text[(text.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..].Trim();
+    }
+}
+
+/// <summary>
+/// HTTP/1.1 keep-alive load: each worker holds one connection and sends requests on it back to back. A
+/// response with "Connection: close" ends the connection cleanly and the worker opens a new one; anything
+/// else that ends a connection (reset, end of file before or inside a response, non-200) is a failure.
+/// Nothing is retried.
+/// </summary>
+internal sealed class KeepAliveLoad : IDisposable
+{
+    private readonly int _port;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<Task> _workers = [];
+    private readonly List<string> _failures = [];
+    private long _successes;
+    private long _connections;
+
+    public KeepAliveLoad(int port, int connections)
+    {
+        _port = port;
+        for (var i = 0; i < connections; i++) _workers.Add(Task.Run(Work));
+    }
+
+    public long Successes => Interlocked.Read(ref _successes);
+    public long ConnectionsOpened => Interlocked.Read(ref _connections);
+
+    public IReadOnlyList<string> Failures
+    {
+        get { lock (_failures) return _failures.ToList(); }
+    }
+
+    private async Task Work()
+    {
+        var request = Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: test\r\n\r\n");
+        while (!_stop.IsCancellationRequested)
+        {
+            using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                await socket.ConnectAsync("127.0.0.1", _port);
+                Interlocked.Increment(ref _connections);
+                var reader = new ResponseReader(socket);
+                while (!_stop.IsCancellationRequested)
+                {
+                    using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                    await socket.SendAsync(request, timeout.Token);
+                    var (status, close) = await reader.ReadResponseAsync(timeout.Token);
+                    if (status != 200)
+                    {
+                        Fail($"status {status}");
+                        break;
+                    }
+                    Interlocked.Increment(ref _successes);
+                    if (close) break;
+                }
+            }
+            catch (Exception e) when (e is SocketException or OperationCanceledException or IOException)
+            {
+                if (!_stop.IsCancellationRequested) Fail(e.GetType().Name + ": " + e.Message);
+            }
+        }
+    }
+
+    private void Fail(string reason)
+    {
+        lock (_failures) _failures.Add(reason);
+    }
+
+    public void Stop()
+    {
+        _stop.Cancel();
+        Task.WaitAll(_workers.ToArray(), TimeSpan.FromSeconds(30));
+    }
+
+    public void Dispose()
+    {
+        if (!_stop.IsCancellationRequested) Stop();
+    }
+
+    /// <summary>Reads HTTP/1.1 responses with Content-Length bodies off a connection.</summary>
+    private sealed class ResponseReader(Socket socket)
+    {
+        private readonly byte[] _buffer = new byte[8192];
+        private int _start;
+        private int _end;
+
+        public async Task<(int Status, bool Close)> ReadResponseAsync(CancellationToken token)
+        {
+            int headerEnd;
+            while ((headerEnd = IndexOfHeaderEnd()) < 0)
+                await FillAsync(token, "before the response headers");
+            var head = Encoding.ASCII.GetString(_buffer, _start, headerEnd - _start);
+            _start = headerEnd + 4;
+            var lines = head.Split("\r\n");
+            var status = int.Parse(lines[0].Split(' ')[1]);
+            var length = 0;
+            var close = false;
+            foreach (var line in lines.Skip(1))
+            {
+                var colon = line.IndexOf(':');
+                var name = line[..colon].Trim();
+                var value = line[(colon + 1)..].Trim();
+                if (name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase)) length = int.Parse(value);
+                if (name.Equals("Connection", StringComparison.OrdinalIgnoreCase) && value.Contains("close", StringComparison.OrdinalIgnoreCase)) close = true;
+            }
+            while (_end - _start < length) await FillAsync(token, "inside the response body");
+            _start += length;
+            return (status, close);
+        }
+
+        private int IndexOfHeaderEnd() => _buffer.AsSpan(_start, _end - _start).IndexOf("\r\n\r\n"u8) is var i and >= 0 ? _start + i : -1;
+
+        private async Task FillAsync(CancellationToken token, string where)
+        {
+            if (_start > 0)
+            {
+                Buffer.BlockCopy(_buffer, _start, _buffer, 0, _end - _start);
+                _end -= _start;
+                _start = 0;
+            }
+            var n = await socket.ReceiveAsync(_buffer.AsMemory(_end), token);
+            if (n == 0) throw new IOException($"connection closed {where}");
+            _end += n;
+        }
     }
 }

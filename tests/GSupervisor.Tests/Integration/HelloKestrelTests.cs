@@ -1,0 +1,58 @@
+namespace GSupervisor.Tests.Integration;
+
+/// <summary>
+/// examples/HelloKestrel (one line: UseGSupervisor()) under gsupervisor, reloaded under load from clients
+/// that never retry. The promise: not one failed request, for keep-alive clients too.
+/// </summary>
+[TestFixture]
+public class HelloKestrelTests
+{
+    private const int SIGUSR2 = 12;
+
+    private static void ReloadRepeatedly(SupervisorProcess supervisor, int reloads, Func<long> successes)
+    {
+        for (var generation = 2; generation <= reloads + 1; generation++)
+        {
+            var oldPid = int.Parse(supervisor.WaitForLine($@"generation {generation - 1} \(pid (\d+)\) started").Groups[1].Value);
+            var before = successes();
+            supervisor.Signal(SIGUSR2);
+            supervisor.WaitForLine($@"reload succeeded: generation {generation} \(pid \d+\) is serving", TimeSpan.FromSeconds(60));
+            supervisor.WaitForLine($@"generation {generation - 1} \(pid {oldPid}\) exited", TimeSpan.FromSeconds(60));
+            Assert.That(Native.IsAlive(oldPid), Is.False, $"generation {generation - 1} is gone");
+            Poll.Until(() => successes() > before + 50, TimeSpan.FromSeconds(60), $"requests after reload {generation - 1}");
+        }
+    }
+
+    private static SupervisorProcess StartHello(out int port)
+    {
+        var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--", Paths.HelloKestrel]);
+        port = supervisor.WaitForPort();
+        supervisor.WaitForLine(@"generation 1 \(pid \d+\) is ready \(READY=1 via handoff socket", TimeSpan.FromSeconds(60));
+        return supervisor;
+    }
+
+    [Test]
+    public void Keep_alive_clients_see_no_failed_request_across_ten_reloads()
+    {
+        using var supervisor = StartHello(out var port);
+        using var load = new KeepAliveLoad(port, connections: 50);
+        Poll.Until(() => load.Successes > 500, TimeSpan.FromSeconds(60), "the load to get going");
+        ReloadRepeatedly(supervisor, 10, () => load.Successes);
+        load.Stop();
+        TestContext.Out.WriteLine($"keep-alive: 10 reloads, {load.Successes} requests on {load.ConnectionsOpened} connections, {load.Failures.Count} failed");
+        Assert.That(load.Failures, Is.Empty);
+    }
+
+    [Test]
+    public void New_connection_clients_see_no_failed_request_across_ten_reloads()
+    {
+        using var supervisor = StartHello(out var port);
+        using var load = new NewConnectionLoad(port, workers: 8);
+        Poll.Until(() => load.Successes > 100, TimeSpan.FromSeconds(60), "the load to get going");
+        ReloadRepeatedly(supervisor, 10, () => load.Successes);
+        load.Stop();
+        TestContext.Out.WriteLine($"new connection per request: 10 reloads, {load.Successes} requests, {load.Failures.Count} failed");
+        Assert.That(load.Failures, Is.Empty);
+        Assert.That(load.GenerationsSeen, Does.Contain("11"));
+    }
+}
