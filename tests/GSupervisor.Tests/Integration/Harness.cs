@@ -67,6 +67,7 @@ internal static class Paths
     private static string Configuration => Metadata("Configuration");
     public static string Supervisor => Path.Combine(Root, "src/GSupervisor.Daemon/bin", Configuration, "net10.0/gsupervisor");
     public static string TestChild => Path.Combine(Root, "tests/TestChild/bin", Configuration, "net10.0/TestChild");
+    public static string EchoServer => Path.Combine(Root, "examples/EchoServer/bin", Configuration, "net10.0/EchoServer");
     public static string HelloKestrel => Path.Combine(Root, "examples/HelloKestrel/bin", Configuration, "net10.0/HelloKestrel");
 }
 
