@@ -74,6 +74,7 @@ public sealed class GSupervisorClient : IDisposable
     private readonly string? _notifySocket;
     private readonly CancellationTokenSource _gone = new();
     private readonly Lock _sendLock = new();
+    private volatile bool _disposed;
 
     private GSupervisorClient(bool supervised, int? generation, IReadOnlyList<InheritedListener> listeners,
         ListenerSource source, Socket? handoff, string? notifySocket)
@@ -113,8 +114,16 @@ public sealed class GSupervisorClient : IDisposable
     /// when another socket activator, such as systemd, passed them).
     /// </summary>
     /// <exception cref="IOException">The supervisor's handoff socket is named but refused or broke the handoff.</exception>
-    public static GSupervisorClient Connect(GSupervisorClientOptions? options = null) =>
-        Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
+    public static GSupervisorClient Connect(GSupervisorClientOptions? options = null)
+    {
+        var client = Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
+        // As sd_listen_fds(unset_environment=1): the fds are taken, so no one else (Kestrel's UseSystemd(), a
+        // second Connect, the app's own children) may adopt fds 3.. again.
+        if (client.Source != ListenerSource.None)
+            foreach (var name in new[] { "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES" })
+                Environment.SetEnvironmentVariable(name, null);
+        return client;
+    }
 
     /// <summary>Connects using the given environment and pid (internal for testing).</summary>
     internal static GSupervisorClient Connect(IReadOnlyDictionary<string, string> environment, int processId, GSupervisorClientOptions options)
@@ -188,22 +197,23 @@ public sealed class GSupervisorClient : IDisposable
         }
         catch (SocketException)
         {
-            // A reset is the supervisor going away too.
+            // A reset is the supervisor going away too, unless the app closed the connection itself.
         }
         catch (ObjectDisposedException)
         {
             return; // the app closed the connection itself
         }
-        _gone.Cancel();
+        if (!_disposed) _gone.Cancel();
     }
 
     private static (Socket Socket, HandoffProtocol.Greeting Greeting, List<InheritedListener> Listeners) Handoff(string path)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        var fds = new List<int>();
         try
         {
             socket.Connect(new UnixDomainSocketEndPoint(path));
-            var fds = new List<int>();
+            socket.ReceiveTimeout = (int)HandoffTimeout.TotalMilliseconds; // a stalled supervisor must not hang the app's start
             var line = new List<byte>();
             var buffer = new byte[HandoffProtocol.MaxLineBytes];
             while (!line.Contains((byte)'\n'))
@@ -215,15 +225,14 @@ public sealed class GSupervisorClient : IDisposable
             }
             var text = Encoding.UTF8.GetString(line.ToArray(), 0, line.IndexOf((byte)'\n'));
             if (!HandoffProtocol.TryParseGreeting(text, out var greeting, out var error) || greeting!.FdCount != fds.Count)
-            {
-                foreach (var fd in fds) Native.close(fd);
                 throw new IOException(error.Length > 0 ? error : $"the greeting announced {greeting!.FdCount} sockets but {fds.Count} arrived");
-            }
+            socket.ReceiveTimeout = 0;
             var listeners = fds.Select((fd, i) => new InheritedListener(greeting.Names[i], fd)).ToList();
             return (socket, greeting, listeners);
         }
         catch
         {
+            foreach (var fd in fds) Native.close(fd);
             socket.Dispose();
             throw;
         }
@@ -264,5 +273,12 @@ public sealed class GSupervisorClient : IDisposable
     }
 
     /// <summary>Closes the handoff connection. The listener sockets belong to the app and are left open.</summary>
-    public void Dispose() => _handoff?.Dispose();
+    public void Dispose()
+    {
+        _disposed = true;
+        _handoff?.Dispose();
+    }
+
+    /// <summary>How long the handoff may take before Connect gives up.</summary>
+    private static readonly TimeSpan HandoffTimeout = TimeSpan.FromSeconds(10);
 }

@@ -90,7 +90,11 @@ public abstract record SupervisorEffect
     public sealed record ReloadFinished(ReloadOutcome Outcome) : SupervisorEffect;
     /// <summary>The first generation is ready: the service is up.</summary>
     public sealed record ServiceReady(int Generation, int Pid) : SupervisorEffect;
-    /// <summary>A generation's process is gone; resources tied to it (connections) can be released.</summary>
-    public sealed record GenerationGone(int Generation) : SupervisorEffect;
+    /// <summary>
+    /// A generation's process is gone (or never started, <paramref name="Pid"/> null): release what is tied to it
+    /// (handoff connections), and end whatever is left of its process group, so no orphaned worker keeps
+    /// serving old code on the shared listeners.
+    /// </summary>
+    public sealed record GenerationGone(int Generation, int? Pid) : SupervisorEffect;
     public sealed record ExitSupervisor(int Code) : SupervisorEffect;
 }

@@ -218,7 +218,7 @@ public sealed class SupervisorStateMachine
         Log(fx, LogSeverity.Error, $"{g.Label} could not be started: {f.Reason}");
         g.State = GenerationState.Exited;
         _generations.Remove(g);
-        fx.Add(new SupervisorEffect.GenerationGone(g.Number));
+        fx.Add(new SupervisorEffect.GenerationGone(g.Number, null));
         if (Phase == SupervisorPhase.ShuttingDown)
         {
             MaybeExit(fx);
@@ -293,7 +293,7 @@ public sealed class SupervisorStateMachine
         g.ExitStatus = x.Status;
         g.Deadline = null;
         _generations.Remove(g);
-        fx.Add(new SupervisorEffect.GenerationGone(g.Number));
+        fx.Add(new SupervisorEffect.GenerationGone(g.Number, x.Pid));
 
         switch (previousState)
         {

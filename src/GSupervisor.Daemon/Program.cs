@@ -9,6 +9,12 @@ using Serilog.Sinks.SystemConsole.Themes;
 if (ExecShim.IsShimInvocation(args))
     return ExecShim.Run(args);
 
+// Started with SIGCHLD ignored (inherited across exec), the kernel would reap our children itself and the
+// reaper would never hear of an exit. Setting SIG_DFL installs no handler, so the runtime still never reaps.
+Libc.signal(GSupervisor.Core.Signals.SIGCHLD, 0);
+// Orphaned grandchildren come to us (and are reaped) instead of to init.
+Libc.prctl(Libc.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
 // Write through our own streams: touching Console.Out/Error would initialise the runtime's terminal
 // handling, which installs a SIGCHLD handler that, as PID 1, reaps our children before we can.
 var stdout = new StreamWriter(new FdWriteStream(1)) { AutoFlush = true };

@@ -25,6 +25,7 @@ internal sealed class SupervisorHost
     private abstract record LoopEvent
     {
         public sealed record Machine(SupervisorEvent Event) : LoopEvent;
+        public sealed record ChildExited(int Pid, ExitStatus Status) : LoopEvent;
         public sealed record Notify(ReceivedDatagram Datagram) : LoopEvent;
         public sealed record HandoffConnected(HandoffConnection Connection) : LoopEvent;
         public sealed record HandoffLine(int Generation, HandoffConnection Connection, byte[] Line) : LoopEvent;
@@ -58,7 +59,7 @@ internal sealed class SupervisorHost
         _runtimeDirectory = runtimeDirectory;
         _log = log;
         _machine = new SupervisorStateMachine(settings.Policy, TimeProvider.System);
-        _reaper = new Reaper((pid, status) => Post(new LoopEvent.Machine(new SupervisorEvent.ChildExited(pid, status))),
+        _reaper = new Reaper((pid, status) => Post(new LoopEvent.ChildExited(pid, status)),
             message => Post(new LoopEvent.Error(message)));
         _notify = new NotifyServer(runtimeDirectory.File("notify"));
         _handoff = new HandoffServer(runtimeDirectory.File("handoff"));
@@ -86,7 +87,7 @@ internal sealed class SupervisorHost
                 timeout = remaining <= TimeSpan.Zero ? TimeSpan.Zero : TimeSpan.FromMilliseconds(Math.Ceiling(remaining.TotalMilliseconds));
             }
             if (_queue.TryTake(out var e, timeout))
-                exitCode = Handle(e);
+                exitCode = HandleSafely(e);
             exitCode ??= Execute(_machine.Tick());
         }
         foreach (var r in _signalRegistrations) r.Dispose();
@@ -110,12 +111,32 @@ internal sealed class SupervisorHost
             Interlocked.Increment(ref _interrupts) == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true));
     }
 
+    /// <summary>A bug in handling one event is logged; the supervisor keeps its children and goes on.</summary>
+    private int? HandleSafely(LoopEvent e)
+    {
+        try
+        {
+            return Handle(e);
+        }
+        catch (Exception ex)
+        {
+            _log.Error(ex, "internal error while handling {Event}; carrying on", e.GetType().Name);
+            return null;
+        }
+        finally
+        {
+            if (e is LoopEvent.ChildExited exited) _reaper.Reap(exited.Pid); // only now may its pid be reused
+        }
+    }
+
     private int? Handle(LoopEvent e)
     {
         switch (e)
         {
             case LoopEvent.Machine m:
                 return Execute(_machine.Handle(m.Event));
+            case LoopEvent.ChildExited x:
+                return Execute(_machine.Handle(new SupervisorEvent.ChildExited(x.Pid, x.Status)));
             case LoopEvent.Notify n:
                 return OnNotify(n.Datagram);
             case LoopEvent.HandoffConnected c:
@@ -153,6 +174,9 @@ internal sealed class SupervisorHost
                 case SupervisorEffect.GenerationGone g:
                     if (_connections.Remove(g.Generation, out var connections))
                         foreach (var c in connections) c.Shutdown();
+                    // The leader is still an unreaped zombie here, so its process-group id cannot have been reused.
+                    if (g.Pid is { } leader && Syscall.kill(-leader, Signum.SIGKILL) == 0)
+                        _log.Debug("ended what was left of the process group of generation {Generation}", g.Generation);
                     break;
                 case SupervisorEffect.ReloadFinished r:
                     _log.Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
@@ -183,6 +207,10 @@ internal sealed class SupervisorHost
             return new SupervisorEvent.ChildSpawned(generation, pid);
         }
         catch (SpawnException e)
+        {
+            return new SupervisorEvent.SpawnFailed(generation, e.Message);
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException or InvalidOperationException)
         {
             return new SupervisorEvent.SpawnFailed(generation, e.Message);
         }

@@ -32,8 +32,13 @@ internal static unsafe class Spawner
 {
     public const string ShimVerb = "__gsupervisor-exec";
 
-    /// <summary>The program and leading arguments that run this binary's exec shim.</summary>
+    /// <summary>
+    /// The argv that runs this binary's exec shim. The program itself is run as /proc/self/exe, which names
+    /// the running binary even after a package upgrade replaced or removed the file on disk.
+    /// </summary>
     public static IReadOnlyList<string> ShimCommand { get; } = FindShimCommand();
+
+    private const string SelfExecutable = "/proc/self/exe";
 
     private static string[] FindShimCommand()
     {
@@ -61,7 +66,7 @@ internal static unsafe class Spawner
 
         using var nativeArgv = new NativeStringArray(argv);
         using var nativeEnv = new NativeStringArray(request.Environment);
-        var path = Encoding.UTF8.GetBytes(ShimCommand[0] + "\0");
+        var path = Encoding.UTF8.GetBytes(SelfExecutable + "\0");
 
         var actions = stackalloc byte[Libc.FileActionsBytes];
         var attr = stackalloc byte[Libc.SpawnAttrBytes];

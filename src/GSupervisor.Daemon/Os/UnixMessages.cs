@@ -48,7 +48,7 @@ internal static class UnixMessages
             while (true)
             {
                 var sent = Syscall.sendmsg(socket, msg, flags);
-                if (sent >= 0) return sent == data.Length ? 0 : ErrorNumbers.EAGAIN;
+                if (sent >= 0) return sent == data.Length ? 0 : SendRest(socket, data, (int)sent, flags);
                 var errno = ErrorNumbers.Last;
                 if (errno != ErrorNumbers.EINTR) return errno;
             }
@@ -57,6 +57,19 @@ internal static class UnixMessages
         {
             dataHandle.Free();
         }
+    }
+
+    /// <summary>The fds went with the first bytes; a short write sends the rest plainly.</summary>
+    private static int SendRest(int socket, byte[] data, int offset, MessageFlags flags)
+    {
+        while (offset < data.Length)
+        {
+            var n = Syscall.send(socket, data[offset..], (ulong)(data.Length - offset), flags);
+            if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
+            if (n <= 0) return n < 0 ? ErrorNumbers.Last : ErrorNumbers.EPIPE;
+            offset += (int)n;
+        }
+        return 0;
     }
 
     /// <summary>Blocks for one datagram; returns null with <paramref name="errno"/> set on error.</summary>

@@ -271,6 +271,24 @@ public class SupervisorTests
     }
 
     [Test]
+    public void Leftover_processes_of_a_stopped_generation_are_ended()
+    {
+        // Generation 1 leaves a worker behind in its process group when it exits: it must not live on.
+        using var dir = new TempDirectory();
+        var script = $"sleep 600 & echo $! > {dir.Path}/worker.$GSUPERVISOR_GENERATION; trap 'exit 0' TERM; wait";
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready", "delay:200ms", "--", "/bin/sh", "-c", script]);
+        supervisor.WaitForReady(1);
+        var workerFile = dir.File("worker.1");
+        Poll.Until(() => File.Exists(workerFile) && File.ReadAllText(workerFile).Trim().Length > 0, TimeSpan.FromSeconds(30), "the worker's pid");
+        var worker = int.Parse(File.ReadAllText(workerFile).Trim());
+        Assert.That(Native.IsAlive(worker), Is.True);
+
+        supervisor.Signal(SIGUSR2);
+        supervisor.WaitForLine(@"generation 1 \(pid \d+\) exited with exit code 0");
+        Poll.Until(() => !Native.IsAlive(worker), TimeSpan.FromSeconds(30), "the leftover worker to be ended and reaped");
+    }
+
+    [Test]
     public void Stale_unix_socket_file_is_replaced()
     {
         using var dir = new TempDirectory();

@@ -103,7 +103,7 @@ public class StateMachineTests
 
         fx = On(new ChildExited(oldPid, ExitStatus.Killed(9)));
         Assert.That(_machine.Generations.Select(g => g.Number), Is.EqualTo(new[] { 2 }));
-        Assert.That(fx.OfType<GenerationGone>().Single().Generation, Is.EqualTo(1));
+        Assert.That(fx.OfType<GenerationGone>().Single(), Is.EqualTo(new GenerationGone(1, oldPid)));
     }
 
     [Test]
