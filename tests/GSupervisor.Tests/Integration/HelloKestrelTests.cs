@@ -23,6 +23,25 @@ public class HelloKestrelTests
         }
     }
 
+    [Test]
+    public void Unmodified_systemd_Kestrel_app_serves_through_reloads_losing_only_what_stock_Kestrel_drops()
+    {
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready", "delay:1500ms", "--", Paths.SystemdKestrel]);
+        var port = supervisor.WaitForPort();
+        supervisor.WaitForReady(1);
+        using var load = new NewConnectionLoad(port, workers: 8);
+        Poll.Until(() => load.Successes > 100, TimeSpan.FromSeconds(60), "the load to get going");
+        ReloadRepeatedly(supervisor, 10, () => load.Successes);
+        load.Stop();
+        TestContext.Out.WriteLine($"SystemdKestrel, new connection per request: 10 reloads, {load.Successes} requests, {load.Failures.Count} failed: {string.Join("; ", load.Failures.Distinct())}");
+        // Without the client library the supervisor cannot prevent it: a stock Kestrel stop closes connections
+        // it accepted but had not read yet (measured 0 to 5 of ~90,000 requests over 10 reloads). Nothing
+        // else may fail: no refused or reset connection, no error status.
+        Assert.That(load.Failures.Distinct(), Is.SubsetOf(new[] { "empty response (connection closed unanswered)" }));
+        Assert.That(load.Failures.Count, Is.LessThanOrEqualTo(load.Successes / 1000), "at most 0.1% of requests");
+        Assert.That(load.GenerationsSeen, Does.Contain("11"));
+    }
+
     private static SupervisorProcess StartHello(out int port)
     {
         var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--", Paths.HelloKestrel]);
