@@ -9,7 +9,7 @@ RID     ?= $(shell $(DOTNET) --info 2>/dev/null | awk '/^ *RID:/ {print $$2; exi
 DAEMON_BIN := src/GSupervisor.Daemon/bin/$(CONFIG)/net10.0/gsupervisor
 HELLO_DLL  := examples/HelloKestrel/bin/$(CONFIG)/net10.0/HelloKestrel.dll
 
-.PHONY: all build test install demo clean
+.PHONY: all build test install demo bench-reload soak clean
 
 all: build
 
@@ -41,6 +41,14 @@ demo: build
 	@echo
 	@mkdir -p out
 	$(DAEMON_BIN) --listen :$(PORT) --pid-file out/demo.pid -- $(DOTNET) $(HELLO_DLL)
+
+# Reload benchmark: drain vs stock Kestrel, keep-alive and new-connection load; prints a Markdown table.
+bench-reload: build
+	$(DOTNET) bench/ReloadBench/bin/$(CONFIG)/net10.0/ReloadBench.dll 10 $(CONFIG)
+
+# 1000 reloads of a fast child: the supervisor's fd count, RSS and CPU, and idle CPU afterwards.
+soak: build
+	CONFIG=$(CONFIG) bench/reload-soak.sh 1000 30
 
 clean:
 	rm -rf out
