@@ -18,6 +18,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
@@ -36,6 +37,22 @@ public sealed class GSupervisorOptions
 
     /// <summary>Stop the app gracefully when the supervisor goes away (default true), so a restarted supervisor can bind again.</summary>
     public bool StopWhenSupervisorGone { get; set; } = true;
+
+    /// <summary>Applied to every handed listener (e.g. to set protocols), before any by-name configuration.</summary>
+    public Action<ListenOptions>? ConfigureEveryListener { get; set; }
+
+    internal Dictionary<string, Action<ListenOptions>> ByName { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Configures the listener named <paramref name="name"/> (<c>--listen NAME=ADDRESS</c>), e.g. HTTPS on
+    /// <c>https</c> or HTTP/2 only on <c>grpc</c>. Under gsupervisor, a name the supervisor did not hand over
+    /// stops the app at start with an error naming it.
+    /// </summary>
+    public GSupervisorOptions Listener(string name, Action<ListenOptions> configure)
+    {
+        ByName[name] = configure;
+        return this;
+    }
 }
 
 /// <summary>Extension methods that make an ASP.NET Core app a gsupervisor child.</summary>
@@ -57,10 +74,19 @@ public static class GSupervisorWebHostExtensions
         }
 
         var drain = new DrainState();
+        var missing = options.ByName.Keys.Except(client.Listeners.Select(l => l.Name)).ToList();
+        if (missing.Count > 0)
+            throw new InvalidOperationException(
+                $"UseGSupervisor configures listener '{missing[0]}', but gsupervisor handed over only [{string.Join(", ", client.Listeners.Select(l => l.Name))}]; " +
+                $"add --listen {missing[0]}=ADDRESS to the gsupervisor command");
         builder.ConfigureKestrel(kestrel =>
         {
             foreach (var listener in client.Listeners)
-                kestrel.ListenHandle((ulong)listener.Fd);
+                kestrel.ListenHandle((ulong)listener.Fd, listen =>
+                {
+                    options.ConfigureEveryListener?.Invoke(listen);
+                    if (options.ByName.TryGetValue(listener.Name, out var configure)) configure(listen);
+                });
         });
         builder.ConfigureServices(services =>
         {

@@ -24,6 +24,29 @@ public class HelloKestrelTests
     }
 
     [Test]
+    public void Serves_on_every_handed_listener_tcp_and_unix_and_not_on_its_own_urls()
+    {
+        using var dir = new TempDirectory();
+        var unixPath = dir.File("hello.sock");
+        using var supervisor = SupervisorProcess.Start(
+            ["--listen", "web=127.0.0.1:0", "--listen", $"local=unix:{unixPath}", "--", Paths.HelloKestrel],
+            environment: new Dictionary<string, string> { ["ASPNETCORE_URLS"] = "http://127.0.0.1:1" });
+        var port = supervisor.WaitForPort();
+        var pid = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        Assert.That(Http.Get(port), Is.EqualTo($"pid={pid} gen=1"));
+        using var unix = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        unix.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(unixPath));
+        unix.Send("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray());
+        var buffer = new byte[1024];
+        var response = new System.Text.StringBuilder();
+        int n;
+        while ((n = unix.Receive(buffer)) > 0) response.Append(System.Text.Encoding.ASCII.GetString(buffer, 0, n));
+        var text = response.ToString();
+        Assert.That(text, Does.StartWith("HTTP/1.1 200").And.EndWith($"pid={pid} gen=1\n"));
+    }
+
+    [Test]
     public void Unmodified_systemd_Kestrel_app_serves_through_reloads_losing_only_what_stock_Kestrel_drops()
     {
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready", "delay:1500ms", "--", Paths.SystemdKestrel]);
