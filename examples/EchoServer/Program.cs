@@ -27,6 +27,7 @@ void Stop(PosixSignalContext context)
 }
 using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
 using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+supervisor.DrainRequested.Register(stopping.Cancel); // the supervisor's word, whatever its --stop-signal
 supervisor.SupervisorGone.Register(stopping.Cancel);
 
 var connections = new List<Task>();

@@ -198,6 +198,7 @@ internal sealed class GSupervisorLifetime(
             client.NotifyReady();
         });
         lifetime.ApplicationStopping.Register(client.NotifyStopping);
+        client.DrainRequested.Register(BeginDrain); // whatever --stop-signal is
         if (options.StopWhenSupervisorGone)
             client.SupervisorGone.Register(() =>
             {

@@ -73,6 +73,7 @@ public sealed class GSupervisorClient : IDisposable
     private readonly Socket? _handoff;
     private readonly string? _notifySocket;
     private readonly CancellationTokenSource _gone = new();
+    private readonly CancellationTokenSource _drain = new();
     private readonly Lock _sendLock = new();
     private volatile bool _disposed;
 
@@ -107,6 +108,14 @@ public sealed class GSupervisorClient : IDisposable
     /// Never cancelled when the listeners came by LISTEN_FDS alone.
     /// </summary>
     public CancellationToken SupervisorGone => _gone.Token;
+
+    /// <summary>
+    /// Cancelled when the supervisor asks this generation to drain (a newer one is serving, or the supervisor is
+    /// shutting down): stop accepting, finish the work in hand, then exit. It arrives over the handoff connection
+    /// just before the stop signal, so it is never cancelled when the listeners came by LISTEN_FDS alone; such
+    /// apps watch for the stop signal (SIGTERM by default) themselves.
+    /// </summary>
+    public CancellationToken DrainRequested => _drain.Token;
 
     /// <summary>
     /// Connects using this process's environment. Outside gsupervisor it does not fail: then
@@ -188,11 +197,22 @@ public sealed class GSupervisorClient : IDisposable
     private void WatchSupervisor()
     {
         var buffer = new byte[256];
+        var line = new StringBuilder();
         try
         {
-            while (_handoff!.Receive(buffer) > 0)
+            int n;
+            while ((n = _handoff!.Receive(buffer)) > 0)
             {
-                // The supervisor sends nothing after the greeting today; lines it may add later are ignored.
+                foreach (var c in Encoding.ASCII.GetString(buffer, 0, n))
+                {
+                    if (c != '\n')
+                    {
+                        if (line.Length < 256) line.Append(c);
+                        continue;
+                    }
+                    if (line.ToString() == HandoffProtocol.DrainLine) _drain.Cancel();
+                    line.Clear(); // lines a later supervisor may add are ignored
+                }
             }
         }
         catch (SocketException)

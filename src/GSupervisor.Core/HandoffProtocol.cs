@@ -10,8 +10,9 @@ namespace GSupervisor.Core;
 /// <c>GSUPERVISOR/1 generation=N fds=K names=a:b\n</c>, whose first byte carries the K listening sockets as
 /// <c>SCM_RIGHTS</c>, in the order of LISTEN_FDNAMES. A refused peer reads <c>ERR reason\n</c> and the connection
 /// closes. After the greeting, the child writes sd_notify lines (<c>READY=1\n</c>, <c>STATUS=...\n</c>,
-/// <c>STOPPING=1\n</c>), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor closes the
-/// connection when the generation ends; a child that sees end-of-file knows the supervisor is gone.
+/// <c>STOPPING=1\n</c>), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor writes
+/// <c>DRAIN\n</c> just before it sends the generation its stop signal, and closes the connection when the
+/// generation ends; a child that sees end-of-file knows the supervisor is gone.
 /// </para>
 /// </summary>
 public static class HandoffProtocol
@@ -21,6 +22,9 @@ public static class HandoffProtocol
 
     public static byte[] EncodeGreeting(int generation, IReadOnlyList<string> names) =>
         Encoding.ASCII.GetBytes($"{Magic} generation={generation} fds={names.Count} names={string.Join(':', names)}\n");
+
+    /// <summary>The line that asks a generation to drain: stop accepting, finish what it has, then exit.</summary>
+    public const string DrainLine = "DRAIN";
 
     public static byte[] EncodeRefusal(string reason) =>
         Encoding.UTF8.GetBytes("ERR " + reason.Replace('\n', ' ') + "\n");

@@ -218,6 +218,9 @@ internal sealed class SupervisorHost
 
     private void SendSignal(SupervisorEffect.SendSignal s)
     {
+        // Apps on the client library hear "drain" on their handoff connection, whatever the stop signal is.
+        if (s.Signal == _settings.Policy.StopSignal && s.Signal != Signals.SIGKILL && _connections.TryGetValue(s.Generation, out var connections))
+            foreach (var c in connections) c.SendLine(HandoffProtocol.DrainLine);
         var target = s.WholeProcessGroup ? -s.Pid : s.Pid;
         _log.Debug("sending {Signal} to {Target}", Signals.Name(s.Signal), s.WholeProcessGroup ? $"process group {s.Pid}" : $"pid {s.Pid}");
         if (Syscall.kill(target, NativeConvert.ToSignum(s.Signal)) != 0)

@@ -78,6 +78,14 @@ internal sealed class HandoffConnection(int fd, int peerPid, int peerUid)
     public void StartReading(Action<byte[]> onLine, Action<string> onProtocolError, Action onClosed) =>
         new Thread(() => ReadLoop(onLine, onProtocolError, onClosed)) { IsBackground = true, Name = $"handoff-{PeerPid}" }.Start();
 
+    /// <summary>Writes one line without waiting; a peer that does not read loses it (the stop signal follows anyway).</summary>
+    public void SendLine(string line)
+    {
+        var bytes = System.Text.Encoding.ASCII.GetBytes(line + "\n");
+        lock (_lock)
+            if (!_closed) Syscall.send(fd, bytes, (ulong)bytes.Length, MessageFlags.MSG_DONTWAIT | MessageFlags.MSG_NOSIGNAL);
+    }
+
     /// <summary>Ends the connection; the reader sees end of file and closes it.</summary>
     public void Shutdown()
     {

@@ -69,4 +69,17 @@ public class EchoServerTests
         TestContext.Out.WriteLine($"echo: 5 reloads, {exchanges} exchanges, {failures.Count} failed");
         Assert.That(failures, Is.Empty);
     }
+
+    [Test]
+    public void Drain_request_reaches_the_app_over_the_handoff_connection_whatever_the_stop_signal()
+    {
+        // SIGWINCH does nothing by default: only the DRAIN line can make generation 1 stop in time.
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--stop-signal", "SIGWINCH", "--stop-timeout", "60s", "--", Paths.EchoServer]);
+        supervisor.WaitForPort();
+        var firstPid = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        supervisor.Signal(12);
+        supervisor.WaitForLine("reload succeeded: generation 2 ");
+        supervisor.WaitForLine($@"generation 1 \(pid {firstPid}\) exited with exit code 0", TimeSpan.FromSeconds(30));
+    }
 }

@@ -91,6 +91,9 @@ public partial class ClientTests
         var (connection, text) = serving.Result;
         Assert.That(text, Is.EqualTo("STATUS=warming up\nREADY=1\nSTOPPING=1\n"), "one sd_notify line each, newlines in values flattened");
 
+        Assert.That(client.DrainRequested.IsCancellationRequested, Is.False);
+        connection.Send("DRAIN\n"u8.ToArray());
+        Assert.That(client.DrainRequested.WaitHandle.WaitOne(TimeSpan.FromSeconds(10)), Is.True, "DrainRequested fires on DRAIN");
         Assert.That(client.SupervisorGone.IsCancellationRequested, Is.False);
         connection.Dispose(); // the supervisor goes away
         Assert.That(client.SupervisorGone.WaitHandle.WaitOne(TimeSpan.FromSeconds(10)), Is.True, "SupervisorGone fires at end of file");
