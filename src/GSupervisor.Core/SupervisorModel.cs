@@ -88,6 +88,10 @@ public abstract record SupervisorEffect
     public sealed record SendSignal(int Generation, int Pid, int Signal, bool WholeProcessGroup) : SupervisorEffect;
     public sealed record Log(LogSeverity Severity, string Message) : SupervisorEffect;
     public sealed record ReloadFinished(ReloadOutcome Outcome) : SupervisorEffect;
+    /// <summary>A reload began: generation <paramref name="Generation"/> is being started to replace the serving one.</summary>
+    public sealed record ReloadStarted(int Generation, string Source) : SupervisorEffect;
+    /// <summary>The supervisor has begun to stop everything and exit.</summary>
+    public sealed record ShuttingDown : SupervisorEffect;
     /// <summary>The first generation is ready: the service is up.</summary>
     public sealed record ServiceReady(int Generation, int Pid) : SupervisorEffect;
     /// <summary>

@@ -159,6 +159,7 @@ public sealed class SupervisorStateMachine
         Log(fx, LogSeverity.Info, serving is null
             ? $"reload requested ({source}); starting generation {_lastNumber + 1}"
             : $"reload requested ({source}); starting generation {_lastNumber + 1} beside {serving.Label}");
+        fx.Add(new SupervisorEffect.ReloadStarted(_lastNumber + 1, source));
         Spawn(fx, GenerationCause.Reload);
     }
 
@@ -415,6 +416,7 @@ public sealed class SupervisorStateMachine
     private void BeginShutdown(List<SupervisorEffect> fx, int exitCode)
     {
         Phase = SupervisorPhase.ShuttingDown;
+        fx.Add(new SupervisorEffect.ShuttingDown());
         _exitCode = exitCode;
         _pendingReload = null;
         _restartAt = null;

@@ -31,6 +31,7 @@ internal sealed class SupervisorHost
         public sealed record HandoffLine(int Generation, HandoffConnection Connection, byte[] Line) : LoopEvent;
         public sealed record HandoffClosed(int Generation, HandoffConnection Connection) : LoopEvent;
         public sealed record Error(string Message) : LoopEvent;
+        public sealed record WatchdogDue : LoopEvent;
     }
 
     private readonly RunSettings _settings;
@@ -47,6 +48,8 @@ internal sealed class SupervisorHost
     private readonly List<string> _baseEnvironment;
     private readonly uint _expectedUid = Syscall.geteuid();
     private readonly List<PosixSignalRegistration> _signalRegistrations = [];
+    private readonly SystemdNotifier? _systemd;
+    private Timer? _watchdog;
     private int _interrupts;
     private int _refusalsLogged;
 
@@ -64,6 +67,7 @@ internal sealed class SupervisorHost
         _notify = new NotifyServer(runtimeDirectory.File("notify"));
         _handoff = new HandoffServer(runtimeDirectory.File("handoff"));
         _baseEnvironment = BuildBaseEnvironment();
+        _systemd = SystemdNotifier.FromEnvironment(message => _log.Warning("{Message}", message));
     }
 
     private void Post(LoopEvent e) => _queue.Add(e);
@@ -75,6 +79,8 @@ internal sealed class SupervisorHost
         _notify.Start(d => Post(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
         _handoff.Start(c => Post(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
         RegisterSignals();
+        if (_systemd?.WatchdogInterval is { } interval)
+            _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
         var exitCode = Execute(_machine.Start());
         while (exitCode is null)
@@ -91,6 +97,8 @@ internal sealed class SupervisorHost
             exitCode ??= Execute(_machine.Tick());
         }
         foreach (var r in _signalRegistrations) r.Dispose();
+        _watchdog?.Dispose();
+        _systemd?.Dispose();
         return exitCode.Value;
     }
 
@@ -147,6 +155,9 @@ internal sealed class SupervisorHost
             case LoopEvent.HandoffClosed c:
                 if (_connections.TryGetValue(c.Generation, out var list)) list.Remove(c.Connection);
                 return null;
+            case LoopEvent.WatchdogDue:
+                _systemd?.Send("WATCHDOG=1"); // from the loop itself: a stuck loop stops the pings
+                return null;
             case LoopEvent.Error err:
                 _log.Error("{Message}", err.Message);
                 return null;
@@ -181,8 +192,17 @@ internal sealed class SupervisorHost
                 case SupervisorEffect.ReloadFinished r:
                     _log.Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
                         "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : "failed", r.Outcome.Message);
+                    if (_machine.Phase != SupervisorPhase.ShuttingDown)
+                        _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
                     break;
                 case SupervisorEffect.ServiceReady:
+                    _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
+                    break;
+                case SupervisorEffect.ReloadStarted r:
+                    _systemd?.Send($"RELOADING=1\nMONOTONIC_USEC={SystemdNotifier.MonotonicMicroseconds()}\nSTATUS=reloading ({r.Source}): starting generation {r.Generation}");
+                    break;
+                case SupervisorEffect.ShuttingDown:
+                    _systemd?.Send("STOPPING=1\nSTATUS=stopping");
                     break;
                 case SupervisorEffect.ExitSupervisor x:
                     exit = x.Code;
@@ -190,6 +210,15 @@ internal sealed class SupervisorHost
             }
         }
         return exit;
+    }
+
+    /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>
+    private string StatusLine()
+    {
+        var serving = _machine.Serving is { } g ? $"serving generation {g.Number} (pid {g.Pid})" : "nothing serving";
+        return _machine.LastReload is { } last
+            ? $"{serving}; last reload {(last.Succeeded ? "succeeded" : "failed: " + last.Message)}"
+            : serving;
     }
 
     private SupervisorEvent SpawnGeneration(int generation)

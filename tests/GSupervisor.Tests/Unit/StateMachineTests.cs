@@ -80,6 +80,7 @@ public class StateMachineTests
         StartServing();
         var fx = On(new ReloadRequested("SIGUSR2"));
         Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(2));
+        Assert.That(fx.OfType<ReloadStarted>().Single(), Is.EqualTo(new ReloadStarted(2, "SIGUSR2")));
         Assert.That(Signals(fx), Is.Empty, "generation 1 keeps serving while 2 starts");
 
         fx = On(new ReadyReported(2, "test"));
@@ -344,6 +345,7 @@ public class StateMachineTests
         StartServing();
         On(new ReloadRequested("test"));
         var fx = On(new ShutdownRequested("SIGTERM", Interrupt: false));
+        Assert.That(fx.OfType<ShuttingDown>().Count(), Is.EqualTo(1));
         Assert.That(Signals(fx).Select(s => (s.Generation, s.Signal)), Is.EquivalentTo(new[] { (1, 15), (2, 15) }));
         Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.False, "the reload under way is abandoned");
         Assert.That(On(new ChildExited(PidOf(1), ExitStatus.Exited(0))).OfType<ExitSupervisor>(), Is.Empty);

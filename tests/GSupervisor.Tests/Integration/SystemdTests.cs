@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text;
+
+namespace GSupervisor.Tests.Integration;
+
+/// <summary>gsupervisor toward systemd, with a fake systemd: a datagram socket given as its NOTIFY_SOCKET.</summary>
+[TestFixture]
+public class SystemdTests
+{
+    private static long MonotonicMicroseconds() => (long)(Stopwatch.GetTimestamp() * (1_000_000.0 / Stopwatch.Frequency));
+
+    /// <summary>Receives notify messages, keeping WATCHDOG=1 pings apart from the rest.</summary>
+    private sealed class FakeSystemd : IDisposable
+    {
+        private readonly Socket _socket = new(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        public int WatchdogPings { get; private set; }
+
+        public FakeSystemd(string path)
+        {
+            _socket.Bind(new UnixDomainSocketEndPoint(path));
+            _socket.ReceiveTimeout = 30_000;
+        }
+
+        /// <summary>The next message that is not a watchdog ping, as its fields.</summary>
+        public Dictionary<string, string> Next()
+        {
+            var buffer = new byte[4096];
+            while (true)
+            {
+                var n = _socket.Receive(buffer);
+                var fields = Encoding.UTF8.GetString(buffer, 0, n).Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                    .Select(l => l.Split('=', 2)).ToDictionary(p => p[0], p => p[1]);
+                if (fields.Count == 1 && fields.ContainsKey("WATCHDOG")) { WatchdogPings++; continue; }
+                return fields;
+            }
+        }
+
+        public void Dispose() => _socket.Dispose();
+    }
+
+    [Test]
+    public void Tells_systemd_ready_reloading_ready_status_stopping_and_pings_the_watchdog()
+    {
+        using var dir = new TempDirectory();
+        using var systemd = new FakeSystemd(dir.File("notify"));
+        var argsFile = dir.File("args");
+        using var supervisor = SupervisorProcess.Start(
+            ["--listen", "127.0.0.1:0", "--", Paths.TestChild, "--args-file", argsFile],
+            environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = dir.File("notify"), ["WATCHDOG_USEC"] = "400000" });
+
+        var ready = systemd.Next();
+        Assert.That(ready["READY"], Is.EqualTo("1"));
+        Assert.That(ready["STATUS"], Does.Match(@"^serving generation 1 \(pid \d+\)$"));
+
+        var before = MonotonicMicroseconds();
+        supervisor.Signal(12);
+        var reloading = systemd.Next();
+        var after = MonotonicMicroseconds();
+        Assert.That(reloading["RELOADING"], Is.EqualTo("1"));
+        Assert.That(long.Parse(reloading["MONOTONIC_USEC"]), Is.InRange(before, after), "MONOTONIC_USEC is CLOCK_MONOTONIC at the reload");
+        Assert.That(reloading["STATUS"], Does.Contain("starting generation 2"));
+        var reloaded = systemd.Next();
+        Assert.That(reloaded["READY"], Is.EqualTo("1"));
+        Assert.That(reloaded["STATUS"], Does.Match(@"^serving generation 2 \(pid \d+\); last reload succeeded$"));
+
+        File.WriteAllText(argsFile, "--exit-before-ready 3");
+        supervisor.Signal(12);
+        Assert.That(systemd.Next()["RELOADING"], Is.EqualTo("1"));
+        var rolledBack = systemd.Next();
+        Assert.That(rolledBack["READY"], Is.EqualTo("1"), "READY=1 ends a failed reload too");
+        Assert.That(rolledBack["STATUS"], Does.StartWith("serving generation 2").And.Contain("last reload failed").And.Contain("exit code 3"));
+
+        supervisor.Signal(15);
+        Assert.That(systemd.Next()["STOPPING"], Is.EqualTo("1"));
+        Assert.That(supervisor.WaitForExit(TimeSpan.FromSeconds(60)), Is.EqualTo(0));
+        Assert.That(systemd.WatchdogPings, Is.GreaterThan(0), "WATCHDOG=1 every half WATCHDOG_USEC");
+    }
+
+    [Test]
+    public void Children_never_see_the_supervisors_own_notify_socket_or_watchdog()
+    {
+        using var dir = new TempDirectory();
+        using var systemd = new FakeSystemd(dir.File("notify"));
+        using var supervisor = SupervisorProcess.Start(
+            ["--listen", "127.0.0.1:0", "--ready", "delay:100ms", "--", "/bin/sh", "-c", "echo child NOTIFY_SOCKET=$NOTIFY_SOCKET WATCHDOG_USEC=$WATCHDOG_USEC; exec sleep 600"],
+            environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = dir.File("notify"), ["WATCHDOG_USEC"] = "10000000" });
+        var line = supervisor.WaitForLine("^child NOTIFY_SOCKET=(.*) WATCHDOG_USEC=(.*)$");
+        Assert.That(line.Groups[1].Value, Is.Not.EqualTo(dir.File("notify")).And.EndWith("/notify"));
+        Assert.That(line.Groups[2].Value, Is.Empty);
+    }
+}
