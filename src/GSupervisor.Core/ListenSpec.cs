@@ -14,11 +14,14 @@ public enum ListenKind
     TcpAnyAddress,
     /// <summary>A Unix stream socket at a path, or in the abstract namespace when the path starts with '@'.</summary>
     Unix,
+    /// <summary>Sockets passed to the supervisor by systemd socket activation: all of them, or those named <see cref="ListenSpec.SystemdName"/>.</summary>
+    Systemd,
 }
 
 /// <summary>
 /// One <c>--listen</c> argument: <c>[NAME=]ADDRESS</c>, where ADDRESS is <c>:PORT</c>, <c>*:PORT</c>,
-/// <c>HOST:PORT</c> (an IPv4 literal or <c>localhost</c>), <c>[V6ADDR]:PORT</c>, or <c>unix:PATH[,mode=OCTAL]</c>.
+/// <c>HOST:PORT</c> (an IPv4 literal or <c>localhost</c>), <c>[V6ADDR]:PORT</c>, <c>unix:PATH[,mode=OCTAL]</c>,
+/// or <c>systemd</c> / <c>systemd:NAME</c> (adopt the sockets systemd passed to the supervisor).
 /// </summary>
 public sealed record ListenSpec(string Text, string? Name, ListenKind Kind, IPAddress? Address, int Port, string? UnixPath, int? UnixMode)
 {
@@ -31,8 +34,12 @@ public sealed record ListenSpec(string Text, string? Name, ListenKind Kind, IPAd
     /// <summary>The name a listener has in LISTEN_FDNAMES: its given name, or "unknown" as systemd writes for unnamed sockets.</summary>
     public string FdName => Name ?? "unknown";
 
+    /// <summary>For <see cref="ListenKind.Systemd"/>: the FileDescriptorName to adopt, or null for every passed socket.</summary>
+    public string? SystemdName { get; init; }
+
     public override string ToString() => Kind switch
     {
+        ListenKind.Systemd => SystemdName is null ? "systemd" : "systemd:" + SystemdName,
         ListenKind.Unix => "unix:" + UnixPath,
         ListenKind.TcpAnyAddress => $"*:{Port}",
         _ => Address!.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{Address}]:{Port}" : $"{Address}:{Port}",
@@ -65,6 +72,17 @@ public sealed record ListenSpec(string Text, string? Name, ListenKind Kind, IPAd
 
         if (address.StartsWith("unix:", StringComparison.Ordinal))
             return TryParseUnix(text, name, address["unix:".Length..], out spec, out error);
+        if (address == "systemd" || address.StartsWith("systemd:", StringComparison.Ordinal))
+        {
+            var systemdName = address == "systemd" ? null : address["systemd:".Length..];
+            if (systemdName is { Length: 0 } || systemdName is not null && systemdName.Contains(':'))
+            {
+                error = $"--listen '{text}': write systemd for every socket systemd passes, or systemd:NAME for those with FileDescriptorName=NAME";
+                return false;
+            }
+            spec = new ListenSpec(text, name, ListenKind.Systemd, null, 0, null, null) { SystemdName = systemdName };
+            return true;
+        }
         return TryParseTcp(text, name, address, out spec, out error);
     }
 
@@ -242,6 +260,8 @@ public sealed record ListenSpec(string Text, string? Name, ListenKind Kind, IPAd
 
     private static bool Overlaps(ListenSpec a, ListenSpec b)
     {
+        if (a.Kind == ListenKind.Systemd || b.Kind == ListenKind.Systemd)
+            return a.Kind == b.Kind && (a.SystemdName is null || b.SystemdName is null || a.SystemdName == b.SystemdName);
         if (a.Kind == ListenKind.Unix || b.Kind == ListenKind.Unix)
             return a.Kind == b.Kind && a.UnixPath == b.UnixPath;
         if (a.Port != b.Port || a.Port == 0) return false;

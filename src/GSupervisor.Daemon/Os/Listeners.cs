@@ -24,7 +24,13 @@ internal static class Listeners
         var bound = new List<BoundListener>();
         try
         {
-            foreach (var spec in specs) bound.Add(Bind(spec, backlog));
+            var passed = SystemdSockets.FromEnvironment();
+            foreach (var spec in specs)
+            {
+                if (spec.Kind == ListenKind.Systemd) bound.AddRange(SystemdSockets.Adopt(spec, passed));
+                else bound.Add(Bind(spec, backlog));
+            }
+            SystemdSockets.CloseOriginals(passed);
             // Move every fd above 3 + count, where the child's copies go.
             for (var i = 0; i < bound.Count; i++)
             {
@@ -108,7 +114,7 @@ internal static class Listeners
         }
     }
 
-    private static string LocalAddress(int fd, bool v6)
+    internal static string LocalAddress(int fd, bool v6)
     {
         if (v6)
         {

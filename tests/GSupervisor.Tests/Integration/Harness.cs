@@ -230,6 +230,19 @@ internal sealed partial class SupervisorProcess : IDisposable
 
 internal static class Http
 {
+    /// <summary>One GET on a new connection to a Unix socket; returns the body.</summary>
+    public static string Get(string unixPath)
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        socket.Connect(new UnixDomainSocketEndPoint(unixPath));
+        using var stream = new NetworkStream(socket);
+        stream.Write(Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"));
+        using var reader = new StreamReader(stream);
+        var text = reader.ReadToEnd();
+        Assert.That(text, Does.StartWith("HTTP/1.1 200 "));
+        return text[(text.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..].Trim();
+    }
+
     /// <summary>One GET on a new connection; returns the body.</summary>
     public static string Get(int port)
     {

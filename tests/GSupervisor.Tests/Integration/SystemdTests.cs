@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
+using System.Text.RegularExpressions;
 
 namespace GSupervisor.Tests.Integration;
 
@@ -89,4 +90,60 @@ public class SystemdTests
         Assert.That(line.Groups[1].Value, Is.Not.EqualTo(dir.File("notify")).And.EndWith("/notify"));
         Assert.That(line.Groups[2].Value, Is.Empty);
     }
+}
+
+/// <summary>Socket activation of the supervisor itself, driven by systemd's own activator.</summary>
+[TestFixture]
+public class SocketActivationTests
+{
+    private const string Activator = "/usr/bin/systemd-socket-activate";
+
+    [Test]
+    public void Adopts_the_sockets_systemd_passes_and_hands_them_on_by_name()
+    {
+        Assert.That(File.Exists(Activator), Is.True, "systemd-socket-activate (Debian's systemd package; .ci/run installs it)");
+        // A Unix socket in the test's own folder: systemd-socket-activate takes no port 0.
+        using var dir = new TempDirectory();
+        var path = dir.File("web.sock");
+        using var supervisor = SupervisorProcess.Start(
+            ["--listen", "systemd:web", "--", Paths.TestChild, "--listeners", "handoff", "--ready", "handoff"],
+            program: Activator, prefix: ["-l", path, "--fdname=web"]);
+        Poll.Until(() => File.Exists(path), TimeSpan.FromSeconds(30), "the activator's socket");
+        // The activator starts its command on the first connection; that connection waits in the queue.
+        var first = Task.Run(() => Http.Get(path));
+        supervisor.WaitForLine($@"listening on unix:{Regex.Escape(path)} \(fd 3 in the child, name web\)");
+        var pid = supervisor.WaitForGenerationPid(1);
+        Assert.That(first.Wait(TimeSpan.FromSeconds(60)), Is.True);
+        Assert.That(first.Result, Is.EqualTo($"pid={pid} gen=1"));
+
+        supervisor.Signal(12);
+        supervisor.WaitForLine("reload succeeded: generation 2 ");
+        supervisor.WaitForLine($@"generation 1 \(pid {pid}\) exited");
+        Assert.That(Http.Get(path), Does.EndWith("gen=2"));
+    }
+
+    [Test]
+    public void Asking_for_a_name_systemd_did_not_pass_is_one_clear_error()
+    {
+        Assert.That(File.Exists(Activator), Is.True, "systemd-socket-activate (Debian's systemd package; .ci/run installs it)");
+        using var dir = new TempDirectory();
+        var path = dir.File("web.sock");
+        using var supervisor = SupervisorProcess.Start(["--listen", "systemd:admin", "--", "/bin/true"],
+            program: Activator, prefix: ["-l", path, "--fdname=web"]);
+        Poll.Until(() => File.Exists(path), TimeSpan.FromSeconds(30), "the activator's socket");
+        using (var trigger = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+            trigger.Connect(new UnixDomainSocketEndPoint(path));
+        Assert.That(supervisor.WaitForExit(TimeSpan.FromSeconds(30)), Is.EqualTo(69));
+        Assert.That(supervisor.Output, Does.Contain("systemd passed no socket named 'admin' (it passed: web)"));
+    }
+
+    [Test]
+    public void Without_systemd_sockets_listen_systemd_is_refused()
+    {
+        using var supervisor = SupervisorProcess.Start(["--listen", "systemd", "--", "/bin/true"]);
+        Assert.That(supervisor.WaitForExit(TimeSpan.FromSeconds(30)), Is.EqualTo(69));
+        Assert.That(supervisor.Output, Does.Contain("systemd passed no sockets"));
+    }
+
+
 }
