@@ -152,7 +152,8 @@ public sealed class SupervisorStateMachine
         {
             _restartAt = null;
             Log(fx, LogSeverity.Info, $"reload requested ({source}) while waiting to restart; starting now");
-            Spawn(fx, GenerationCause.Restart);
+            fx.Add(new SupervisorEffect.ReloadStarted(_lastNumber + 1, source));
+            Spawn(fx, GenerationCause.Reload);
             return;
         }
         var serving = Serving;

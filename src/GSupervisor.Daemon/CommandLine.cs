@@ -37,6 +37,9 @@ internal sealed class RunOptions
     [Option("log-level", Default = "info", HelpText = "debug, info, warning or error.")]
     public string LogLevel { get; set; } = "info";
 
+    [Option("control", HelpText = "Control socket for gsupervisor status/reload/stop (default: $RUNTIME_DIRECTORY/control.sock, $XDG_RUNTIME_DIR/gsupervisor/control.sock or /run/gsupervisor/control.sock).")]
+    public string? Control { get; set; }
+
     [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
     public bool NoRestart { get; set; }
 
@@ -51,7 +54,8 @@ internal sealed record RunSettings(
     SupervisorPolicy Policy,
     int Backlog,
     string? PidFile,
-    LogEventLevel LogLevel);
+    LogEventLevel LogLevel,
+    string ControlPath);
 
 internal static class CommandLineReader
 {
@@ -175,8 +179,11 @@ internal static class CommandLineReader
         }
 
         if (o.PidFile is { Length: 0 }) return UsageError("--pid-file needs a path");
+        var control = o.Control ?? Os.ControlServer.DefaultPath();
+        if (!control.StartsWith('/') || System.Text.Encoding.UTF8.GetByteCount(control) > ListenSpec.MaxUnixPathBytes)
+            return UsageError($"--control '{control}' must be an absolute path of at most {ListenSpec.MaxUnixPathBytes} bytes");
 
         policy = policy with { ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control), ExitCodes.Ok, null, false);
     }
 }

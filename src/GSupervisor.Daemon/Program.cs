@@ -22,6 +22,9 @@ var stderr = new StreamWriter(new FdWriteStream(2)) { AutoFlush = true };
 Console.SetOut(stdout);
 Console.SetError(stderr);
 
+if (args.Length > 0 && ControlClient.Verbs.Contains(args[0]))
+    return ControlClient.Run(args, stdout, stderr);
+
 var read = CommandLineReader.Read(args);
 if (read.Settings is not { } settings)
 {
@@ -42,12 +45,14 @@ using var logger = new LoggerConfiguration()
 
 List<BoundListener>? listeners = null;
 RuntimeDirectory? runtimeDirectory = null;
+ControlServer? control = null;
 try
 {
     var commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
     listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
     runtimeDirectory = RuntimeDirectory.Create();
-    var host = new SupervisorHost(settings, commandPath, listeners, runtimeDirectory, logger);
+    control = ControlServer.Bind(settings.ControlPath);
+    var host = new SupervisorHost(settings, commandPath, listeners, runtimeDirectory, control, logger);
 
     logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
     for (var i = 0; i < listeners.Count; i++)
@@ -67,5 +72,6 @@ finally
 {
     if (listeners is not null) Listeners.CloseAll(listeners);
     runtimeDirectory?.Dispose();
+    control?.Remove();
     if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
 }

@@ -32,6 +32,7 @@ internal sealed class SupervisorHost
         public sealed record HandoffClosed(int Generation, HandoffConnection Connection) : LoopEvent;
         public sealed record Error(string Message) : LoopEvent;
         public sealed record WatchdogDue : LoopEvent;
+        public sealed record Control(ControlRequest Request) : LoopEvent;
     }
 
     private readonly RunSettings _settings;
@@ -49,13 +50,16 @@ internal sealed class SupervisorHost
     private readonly uint _expectedUid = Syscall.geteuid();
     private readonly List<PosixSignalRegistration> _signalRegistrations = [];
     private readonly SystemdNotifier? _systemd;
+    private readonly ControlServer _control;
+    private readonly List<(int MinGeneration, ControlRequest Request)> _reloadWaiters = [];
     private Timer? _watchdog;
     private int _interrupts;
     private int _refusalsLogged;
 
     public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners,
-        RuntimeDirectory runtimeDirectory, ILogger log)
+        RuntimeDirectory runtimeDirectory, ControlServer control, ILogger log)
     {
+        _control = control;
         _settings = settings;
         _commandPath = commandPath;
         _listeners = listeners;
@@ -79,6 +83,7 @@ internal sealed class SupervisorHost
         _notify.Start(d => Post(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
         _handoff.Start(c => Post(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
         RegisterSignals();
+        _control.Start(r => Post(new LoopEvent.Control(r)), m => Post(new LoopEvent.Error(m)));
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
@@ -97,6 +102,7 @@ internal sealed class SupervisorHost
             exitCode ??= Execute(_machine.Tick());
         }
         foreach (var r in _signalRegistrations) r.Dispose();
+        foreach (var (_, request) in _reloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
         _watchdog?.Dispose();
         _systemd?.Dispose();
         return exitCode.Value;
@@ -155,6 +161,8 @@ internal sealed class SupervisorHost
             case LoopEvent.HandoffClosed c:
                 if (_connections.TryGetValue(c.Generation, out var list)) list.Remove(c.Connection);
                 return null;
+            case LoopEvent.Control c:
+                return OnControl(c.Request);
             case LoopEvent.WatchdogDue:
                 _systemd?.Send("WATCHDOG=1"); // from the loop itself: a stuck loop stops the pings
                 return null;
@@ -194,6 +202,7 @@ internal sealed class SupervisorHost
                         "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : "failed", r.Outcome.Message);
                     if (_machine.Phase != SupervisorPhase.ShuttingDown)
                         _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
+                    AnswerReloadWaiters(r.Outcome);
                     break;
                 case SupervisorEffect.ServiceReady:
                     _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
@@ -210,6 +219,47 @@ internal sealed class SupervisorHost
             }
         }
         return exit;
+    }
+
+    private int? OnControl(ControlRequest request)
+    {
+        switch (request.Line)
+        {
+            case "status":
+                request.Reply("OK " + StatusReport.Text(_machine, _listeners, _settings));
+                return null;
+            case "status json":
+                request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings));
+                return null;
+            case "reload" or "reload wait":
+                var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
+                if (_machine.Starting is not { } starting)
+                {
+                    request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
+                    return exit;
+                }
+                var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
+                if (request.Line == "reload") request.Reply($"OK reload started (generation {target})");
+                else _reloadWaiters.Add((target, request));
+                return exit;
+            case "stop":
+                request.Reply("OK stopping");
+                return Execute(_machine.Handle(new SupervisorEvent.ShutdownRequested("gsupervisor stop", Interrupt: false)));
+            default:
+                request.Reply($"ERR unknown request '{request.Line}'");
+                return null;
+        }
+    }
+
+    private void AnswerReloadWaiters(ReloadOutcome outcome)
+    {
+        for (var i = _reloadWaiters.Count - 1; i >= 0; i--)
+        {
+            var (minGeneration, request) = _reloadWaiters[i];
+            if (outcome.Generation < minGeneration) continue;
+            request.Reply(outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}");
+            _reloadWaiters.RemoveAt(i);
+        }
     }
 
     /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>

@@ -106,9 +106,18 @@ internal sealed partial class SupervisorProcess : IDisposable
     private readonly object _lock = new(); // Monitor.Wait/PulseAll need a plain object
     private readonly HashSet<int> _childPids = [];
 
-    private SupervisorProcess(Process process) => _process = process;
+    private readonly string _runtimeDirectory;
+
+    private SupervisorProcess(Process process, string runtimeDirectory)
+    {
+        _process = process;
+        _runtimeDirectory = runtimeDirectory;
+    }
 
     public int Pid => _process.Id;
+
+    /// <summary>The daemon's default control socket: each test's supervisor gets an XDG_RUNTIME_DIR of its own.</summary>
+    public string ControlPath => System.IO.Path.Combine(_runtimeDirectory, "gsupervisor", "control.sock");
 
     public static SupervisorProcess Start(IEnumerable<string> arguments, string? workingDirectory = null,
         IDictionary<string, string>? environment = null, string? program = null, IEnumerable<string>? prefix = null)
@@ -124,9 +133,12 @@ internal sealed partial class SupervisorProcess : IDisposable
         foreach (var a in prefix ?? []) info.ArgumentList.Add(a);
         if (program is not null && prefix is not null) info.ArgumentList.Add(Paths.Supervisor);
         foreach (var a in arguments) info.ArgumentList.Add(a);
+        var runtimeDirectory = Directory.CreateTempSubdirectory("gsv-run-").FullName;
+        info.Environment["XDG_RUNTIME_DIR"] = runtimeDirectory;
+        info.Environment.Remove("RUNTIME_DIRECTORY");
         if (environment is not null) foreach (var (k, v) in environment) info.Environment[k] = v;
         var process = Process.Start(info)!;
-        var supervisor = new SupervisorProcess(process);
+        var supervisor = new SupervisorProcess(process, runtimeDirectory);
         process.ErrorDataReceived += (_, e) => supervisor.OnLine(e.Data);
         process.OutputDataReceived += (_, e) => supervisor.OnLine(e.Data);
         process.BeginErrorReadLine();
@@ -224,7 +236,38 @@ internal sealed partial class SupervisorProcess : IDisposable
                 Native.Kill(pid, 9);
             }
             _process.Dispose();
+            try { Directory.Delete(_runtimeDirectory, true); }
+            catch (IOException) { /* a socket still bound by a dying process; the OS tmp cleaner gets it */ }
         }
+    }
+}
+
+/// <summary>Runs a short gsupervisor command (a verb) to completion.</summary>
+internal static class Verb
+{
+    public static (int Code, string Stdout, string Stderr) Run(IEnumerable<string> arguments, string? asUser = null)
+    {
+        var info = new ProcessStartInfo(asUser is null ? Paths.Supervisor : "/usr/bin/setpriv")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        if (asUser is not null)
+        {
+            foreach (var a in new[] { $"--reuid={asUser}", $"--regid={asUser}", "--clear-groups", Paths.Supervisor }) info.ArgumentList.Add(a);
+            info.Environment["HOME"] = "/tmp";
+        }
+        foreach (var a in arguments) info.ArgumentList.Add(a);
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            process.Kill();
+            Assert.Fail($"gsupervisor {string.Join(' ', arguments)} did not finish");
+        }
+        return (process.ExitCode, stdout.Result, stderr.Result);
     }
 }
 

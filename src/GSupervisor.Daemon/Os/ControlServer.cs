@@ -1,0 +1,141 @@
+// Overview
+// --------
+// The control socket: `gsupervisor status | reload | stop` talk to the running daemon over it. A Unix stream
+// socket, mode 0600, and every peer's uid is checked (SO_PEERCRED): only the daemon's own uid or root is
+// served. A request is one line ("status", "status json", "reload", "reload wait", "stop"); the reply is one
+// or more lines, then the daemon closes the connection. The accept thread reads the request line (with a
+// timeout, so a silent peer cannot hold it) and hands it to the event loop, which answers.
+
+using System.Text;
+using Mono.Unix.Native;
+
+namespace GSupervisor.Daemon.Os;
+
+internal sealed class ControlServer
+{
+    private const int MaxRequestBytes = 256;
+    private readonly int _fd;
+
+    private ControlServer(string path, int fd)
+    {
+        Path = path;
+        _fd = fd;
+    }
+
+    public string Path { get; }
+
+    /// <summary>The default path: $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else $XDG_RUNTIME_DIR/gsupervisor, else /run/gsupervisor.</summary>
+    public static string DefaultPath()
+    {
+        if (Environment.GetEnvironmentVariable("RUNTIME_DIRECTORY") is { Length: > 0 } runtime)
+            return System.IO.Path.Combine(runtime.Split(':')[0], "control.sock");
+        if (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } xdg)
+            return System.IO.Path.Combine(xdg, "gsupervisor", "control.sock");
+        return "/run/gsupervisor/control.sock";
+    }
+
+    /// <summary>Binds the control socket; a live one of another daemon is not taken over, a stale one is replaced.</summary>
+    public static ControlServer Bind(string path)
+    {
+        var directory = System.IO.Path.GetDirectoryName(path)!;
+        try
+        {
+            if (!Directory.Exists(directory))
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new StartupException(e is UnauthorizedAccessException ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
+                $"cannot create the control socket's directory {directory}: {e.Message}; give --control PATH");
+        }
+        if (Syscall.lstat(path, out _) == 0)
+        {
+            if (ControlClient.IsLive(path))
+                throw new StartupException(ExitCodes.Unavailable,
+                    $"another gsupervisor is running with control socket {path}; give this one its own with --control PATH");
+            Syscall.unlink(path);
+        }
+        var fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
+        var oldMask = Syscall.umask(FilePermissions.S_IRWXG | FilePermissions.S_IRWXO); // born 0600: no window for others
+        try
+        {
+            if (Syscall.bind(fd, new SockaddrUn(path)) != 0 || Syscall.listen(fd, 16) != 0)
+            {
+                var errno = ErrorNumbers.Last;
+                Syscall.close(fd);
+                throw new StartupException(errno == ErrorNumbers.EACCES ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
+                    $"cannot listen on control socket {path}: {ErrorNumbers.Describe(errno)}; give --control PATH");
+            }
+        }
+        finally
+        {
+            Syscall.umask(oldMask);
+        }
+        return new ControlServer(path, fd);
+    }
+
+    public void Start(Action<ControlRequest> onRequest, Action<string> onRefused) =>
+        new Thread(() => AcceptLoop(onRequest, onRefused)) { IsBackground = true, Name = "control" }.Start();
+
+    public void Remove() => Syscall.unlink(Path);
+
+    private unsafe void AcceptLoop(Action<ControlRequest> onRequest, Action<string> onRefused)
+    {
+        var ourUid = Syscall.geteuid();
+        while (true)
+        {
+            var fd = Syscall.accept4(_fd, new SockaddrUn(), UnixSocketFlags.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                if (ErrorNumbers.Last is not (ErrorNumbers.EINTR or 103)) Thread.Sleep(TimeSpan.FromSeconds(1)); // EMFILE: back off, never spin
+                continue;
+            }
+            var request = new ControlRequest(fd);
+            if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) || uid != ourUid && uid != 0)
+            {
+                onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
+                request.Reply("ERR permission denied: only the daemon's user or root may control it");
+                continue;
+            }
+            var timeout = new Timeval { tv_sec = 5 };
+            Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_RCVTIMEO, timeout);
+            var buffer = new byte[MaxRequestBytes];
+            var filled = 0;
+            while (filled < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, filled) < 0)
+            {
+                long n;
+                fixed (byte* p = buffer) n = Syscall.read(fd, p + filled, (ulong)(buffer.Length - filled));
+                if (n <= 0) break;
+                filled += (int)n;
+            }
+            var newline = Array.IndexOf(buffer, (byte)'\n', 0, filled);
+            if (newline < 0)
+            {
+                request.Reply("ERR malformed request");
+                continue;
+            }
+            request.Line = Encoding.ASCII.GetString(buffer, 0, newline).Trim();
+            onRequest(request);
+        }
+    }
+}
+
+/// <summary>One control connection: a request line, then the loop replies and closes it.</summary>
+internal sealed class ControlRequest(int fd)
+{
+    public string Line { get; set; } = "";
+
+    /// <summary>Writes the reply and closes the connection.</summary>
+    public void Reply(string text)
+    {
+        var bytes = Encoding.UTF8.GetBytes(text.EndsWith('\n') ? text : text + "\n");
+        var sent = 0;
+        while (sent < bytes.Length)
+        {
+            var n = Syscall.send(fd, bytes[sent..], (ulong)(bytes.Length - sent), MessageFlags.MSG_NOSIGNAL);
+            if (n <= 0) break;
+            sent += (int)n;
+        }
+        Syscall.close(fd);
+    }
+}

@@ -1,0 +1,97 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using GSupervisor.Core;
+using GSupervisor.Daemon.Os;
+
+namespace GSupervisor.Daemon;
+
+/// <summary>What `gsupervisor status` prints: text for people, JSON for tools.</summary>
+internal static class StatusReport
+{
+    public static string Text(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings)
+    {
+        var now = machine.Now;
+        var sb = new StringBuilder();
+        sb.Append(CultureInfo.InvariantCulture, $"gsupervisor {CommandLineReader.Version}, pid {Environment.ProcessId}, up {Duration.Format(now)}, {machine.Phase.ToString().ToLowerInvariant()}\n");
+        sb.Append("serving: ").Append(machine.Serving is { } s ? $"generation {s.Number} (pid {s.Pid}) for {Duration.Format(now - s.ReadyAt!.Value)}" : "nothing").Append('\n');
+        sb.Append("generations:\n");
+        foreach (var g in machine.Generations)
+            sb.Append(CultureInfo.InvariantCulture, $"  {g.Number,-4} pid {g.Pid,-8} {g.State.ToString().ToLowerInvariant(),-9} {g.Cause.ToString().ToLowerInvariant(),-8} started {Duration.Format(now - g.StartedAt)} ago{(g.Status is { } st ? "  status: " + st : "")}\n");
+        sb.Append("listeners:\n");
+        for (var i = 0; i < listeners.Count; i++)
+            sb.Append(CultureInfo.InvariantCulture, $"  fd {3 + i}  {listeners[i].Address}  name {listeners[i].Spec.FdName}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"restarts: {machine.Restarts}\n");
+        sb.Append("last reload: ").Append(machine.LastReload is { } r
+            ? $"{(r.Succeeded ? "succeeded" : "failed")} {Duration.Format(now - r.At)} ago: {r.Message}"
+            : "none").Append('\n');
+        if (machine.ReloadPending) sb.Append("a reload is queued\n");
+        sb.Append(CultureInfo.InvariantCulture, $"command: {string.Join(' ', settings.Command)}\n");
+        return sb.ToString();
+    }
+
+    public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings)
+    {
+        var now = machine.Now;
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteString("version", CommandLineReader.Version);
+            w.WriteNumber("pid", Environment.ProcessId);
+            w.WriteNumber("uptimeSeconds", Math.Round(now.TotalSeconds, 3));
+            w.WriteString("phase", machine.Phase.ToString().ToLowerInvariant());
+            if (machine.Serving is { } s)
+            {
+                w.WriteStartObject("serving");
+                w.WriteNumber("generation", s.Number);
+                w.WriteNumber("pid", s.Pid!.Value);
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("serving");
+            }
+            w.WriteStartArray("generations");
+            foreach (var g in machine.Generations)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("generation", g.Number);
+                if (g.Pid is { } pid) w.WriteNumber("pid", pid); else w.WriteNull("pid");
+                w.WriteString("state", g.State.ToString().ToLowerInvariant());
+                w.WriteString("cause", g.Cause.ToString().ToLowerInvariant());
+                w.WriteNumber("ageSeconds", Math.Round((now - g.StartedAt).TotalSeconds, 3));
+                if (g.Status is { } status) w.WriteString("status", status);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("listeners");
+            for (var i = 0; i < listeners.Count; i++)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("fd", 3 + i);
+                w.WriteString("address", listeners[i].Address);
+                w.WriteString("name", listeners[i].Spec.FdName);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteNumber("restarts", machine.Restarts);
+            w.WriteBoolean("reloadPending", machine.ReloadPending);
+            if (machine.LastReload is { } r)
+            {
+                w.WriteStartObject("lastReload");
+                w.WriteNumber("generation", r.Generation);
+                w.WriteBoolean("succeeded", r.Succeeded);
+                w.WriteString("message", r.Message);
+                w.WriteNumber("secondsAgo", Math.Round((now - r.At).TotalSeconds, 3));
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("lastReload");
+            }
+            w.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(stream.ToArray()) + "\n";
+    }
+}
