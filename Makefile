@@ -9,7 +9,7 @@ RID     ?= $(shell $(DOTNET) --info 2>/dev/null | awk '/^ *RID:/ {print $$2; exi
 DAEMON_BIN := src/GSupervisor.Daemon/bin/$(CONFIG)/net10.0/gsupervisor
 HELLO_DLL  := examples/HelloKestrel/bin/$(CONFIG)/net10.0/HelloKestrel.dll
 
-.PHONY: all build test install demo bench-reload soak clean
+.PHONY: all build test publish install deb demo bench-reload soak clean
 
 all: build
 
@@ -20,16 +20,42 @@ build:
 test: build
 	$(DOTNET) test Supervisor.sln -c $(CONFIG) --no-build -nologo --logger "console;verbosity=normal"
 
-# A working $(PREFIX)/bin/gsupervisor that runs without the source tree (needs the .NET 10 runtime).
-install:
-	rm -rf out/install
-	$(DOTNET) publish src/GSupervisor.Daemon -c $(CONFIG) -r $(RID) --self-contained false \
-		-p:PublishReadyToRun=true -o out/install -nologo -clp:ErrorsOnly
-	mkdir -p $(PREFIX)/lib/gsupervisor $(PREFIX)/bin
-	rm -rf $(PREFIX)/lib/gsupervisor/*
-	cp -R out/install/. $(PREFIX)/lib/gsupervisor/
-	ln -sf ../lib/gsupervisor/gsupervisor $(PREFIX)/bin/gsupervisor
+# Self-contained, trimmed, single-file, ReadyToRun: one file that needs no .NET runtime on the target.
+# (Only the framework is trimmed: CommandLineParser and Mono.Posix use reflection and are kept whole.)
+PUBLISH_FLAGS := -c $(CONFIG) -r $(RID) --self-contained true -p:PublishSingleFile=true \
+	-p:PublishTrimmed=true -p:TrimMode=partial -p:SuppressTrimAnalysisWarnings=true \
+	-p:PublishReadyToRun=true -p:IncludeNativeLibrariesForSelfExtract=true -p:DebugType=none \
+	-p:GenerateDocumentationFile=false
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+VERSION  := $(shell sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' Directory.Build.props)
+
+publish:
+	rm -rf out/publish
+	$(DOTNET) publish src/GSupervisor.Daemon $(PUBLISH_FLAGS) -o out/publish -nologo -clp:ErrorsOnly
+
+# PREFIX/bin/gsupervisor plus the template unit, the man page and the example units.
+install: publish
+	install -D -m 755 out/publish/gsupervisor $(PREFIX)/bin/gsupervisor
+	install -D -m 644 packaging/systemd/gsupervisor@.service $(PREFIX)/lib/systemd/system/gsupervisor@.service
+	mkdir -p $(PREFIX)/share/man/man1 $(PREFIX)/share/doc/gsupervisor/examples
+	packaging/make-manpage.sh out/publish/gsupervisor | gzip -9n > $(PREFIX)/share/man/man1/gsupervisor.1.gz
+	install -m 644 packaging/examples/* $(PREFIX)/share/doc/gsupervisor/examples/
+	install -m 644 README.md $(PREFIX)/share/doc/gsupervisor/README.md
 	@echo "installed $(PREFIX)/bin/gsupervisor"
+
+# out/gsupervisor_VERSION_ARCH.deb: the install layout under /usr.
+deb:
+	rm -rf out/deb
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/out/deb/root/usr
+	mkdir -p out/deb/root/DEBIAN
+	printf '%s\n' "Package: gsupervisor" "Version: $(VERSION)" "Architecture: $(DEB_ARCH)" \
+		"Maintainer: gsupervisor contributors <gsupervisor@localhost>" "Section: admin" "Priority: optional" \
+		"Depends: libc6 (>= 2.34)" "Installed-Size: $$(du -sk out/deb/root/usr | cut -f1)" \
+		"Description: zero-downtime restarts for network services" \
+		" gsupervisor binds the listening sockets, runs the service as a child and hands it the sockets;" \
+		" on reload it starts a new child on the same sockets and stops the old one once the new one is" \
+		" ready, so no connection is refused or reset. Installs as a systemd unit." > out/deb/root/DEBIAN/control
+	dpkg-deb --root-owner-group -Zxz --build out/deb/root out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb
 
 # Runs HelloKestrel under gsupervisor on :$(PORT). Reload with the kill command it prints; Ctrl+C stops.
 demo: build

@@ -13,7 +13,7 @@ namespace GSupervisor.Daemon;
 
 internal sealed class RunOptions
 {
-    [Option("listen", Separator = '\0', HelpText = "Socket to bind and hand to the child, repeatable: [NAME=]ADDRESS with ADDRESS :PORT, HOST:PORT, [V6ADDR]:PORT or unix:PATH[,mode=0660].")]
+    [Option("listen", Separator = '\0', HelpText = "Socket to bind and hand to the child, repeatable: [NAME=]ADDRESS with ADDRESS :PORT, HOST:PORT, [V6ADDR]:PORT, unix:PATH[,mode=0660], or systemd / systemd:NAME to adopt sockets systemd passed.")]
     public IEnumerable<string> Listen { get; set; } = [];
 
     [Option("ready", Default = "notify", HelpText = "How a new child shows it is ready: notify (READY=1 via sd_notify or the handoff socket) or delay:DURATION (alive that long).")]

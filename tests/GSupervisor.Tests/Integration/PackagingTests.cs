@@ -1,0 +1,98 @@
+using System.Diagnostics;
+
+namespace GSupervisor.Tests.Integration;
+
+/// <summary>`make deb` builds an installable package whose self-contained binary runs from an extracted tree.</summary>
+[TestFixture]
+public class PackagingTests
+{
+    private static string _deb = null!;
+    private static TempDirectory _extracted = null!;
+
+    private static (int Code, string Output) Run(string program, IEnumerable<string> arguments, string? workingDirectory = null, IDictionary<string, string>? environment = null)
+    {
+        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = workingDirectory ?? Paths.Root };
+        foreach (var a in arguments) info.ArgumentList.Add(a);
+        if (environment is not null)
+        {
+            info.Environment.Clear();
+            foreach (var (k, v) in environment) info.Environment[k] = v;
+        }
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(10))) { process.Kill(true); Assert.Fail($"{program} timed out"); }
+        return (process.ExitCode, stdout.Result + stderr.Result);
+    }
+
+    [OneTimeSetUp]
+    public void BuildPackage()
+    {
+        var (code, output) = Run("make", ["--no-print-directory", "deb"]);
+        Assert.That(code, Is.EqualTo(0), output);
+        _deb = Directory.GetFiles(Path.Combine(Paths.Root, "out"), "gsupervisor_*.deb").Single();
+        _extracted = new TempDirectory();
+        Assert.That(Run("dpkg-deb", ["-x", _deb, _extracted.Path]).Code, Is.EqualTo(0));
+    }
+
+    [OneTimeTearDown]
+    public void CleanUp() => _extracted?.Dispose();
+
+    [Test]
+    public void Package_holds_the_binary_the_template_unit_the_man_page_and_the_examples()
+    {
+        var (code, listing) = Run("dpkg-deb", ["-c", _deb]);
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(listing, Does.Contain("-rwxr-xr-x root/root").And.Contain("./usr/bin/gsupervisor"));
+        Assert.That(listing, Does.Contain("./usr/lib/systemd/system/gsupervisor@.service"));
+        Assert.That(listing, Does.Contain("./usr/share/man/man1/gsupervisor.1.gz"));
+        foreach (var example in new[] { "hello.service", "hello-activated.socket", "hello-activated.service", "hello-notify-reload.service" })
+            Assert.That(listing, Does.Contain("./usr/share/doc/gsupervisor/examples/" + example));
+        var (_, info) = Run("dpkg-deb", ["-f", _deb, "Package", "Version", "Architecture"]);
+        Assert.That(info, Does.Contain("Package: gsupervisor"));
+    }
+
+    [Test]
+    public void Packaged_binary_runs_without_the_source_tree_or_a_dotnet_runtime()
+    {
+        var binary = Path.Combine(_extracted.Path, "usr/bin/gsupervisor");
+        var bare = new Dictionary<string, string> { ["PATH"] = "/usr/bin:/bin", ["DOTNET_ROOT"] = "/nonexistent", ["XDG_RUNTIME_DIR"] = _extracted.Path };
+        var (code, output) = Run(binary, ["--version"], workingDirectory: "/", environment: bare);
+        Assert.That(code, Is.EqualTo(0), output);
+        Assert.That(output.Trim(), Does.Match(@"^gsupervisor \d+\.\d+\.\d+$"));
+
+        // It supervises too: the exec shim is the same single file, run as /proc/self/exe.
+        (code, output) = Run(binary, ["--listen", "127.0.0.1:0", "--ready", "delay:100ms", "--no-restart", "--",
+            "/bin/sh", "-c", "echo LISTEN_PID=$LISTEN_PID pid=$$; sleep 0.3; exit 7"], workingDirectory: "/", environment: bare);
+        Assert.That(code, Is.EqualTo(7), output);
+        var m = System.Text.RegularExpressions.Regex.Match(output, @"LISTEN_PID=(\d+) pid=(\d+)");
+        Assert.That(m.Success && m.Groups[1].Value == m.Groups[2].Value, Is.True, output);
+    }
+
+    [Test]
+    public void Units_pass_systemd_analyze_verify()
+    {
+        Assert.That(File.Exists("/usr/bin/systemd-analyze"), Is.True, "systemd-analyze (Debian's systemd package; .ci/run installs it)");
+        using var units = new TempDirectory();
+        var binary = Path.Combine(_extracted.Path, "usr/bin/gsupervisor");
+        var sources = Directory.GetFiles(Path.Combine(_extracted.Path, "usr/share/doc/gsupervisor/examples"))
+            .Append(Path.Combine(_extracted.Path, "usr/lib/systemd/system/gsupervisor@.service"));
+        foreach (var source in sources)
+        {
+            var name = Path.GetFileName(source) == "gsupervisor@.service" ? "gsupervisor@verify.service" : Path.GetFileName(source);
+            File.WriteAllText(Path.Combine(units.Path, name), File.ReadAllText(source).Replace("/usr/bin/gsupervisor", binary));
+        }
+        var (_, versionText) = Run("systemctl", ["--version"]);
+        var systemdVersion = int.Parse(System.Text.RegularExpressions.Regex.Match(versionText, @"systemd (\d+)").Groups[1].Value);
+        foreach (var unit in Directory.GetFiles(units.Path))
+        {
+            var (code, output) = Run("systemd-analyze", ["verify", unit], workingDirectory: units.Path);
+            var problems = output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                // Type=notify-reload and ReloadSignal= are systemd 253+; older ones warn and ignore them.
+                .Where(l => !(systemdVersion < 253 && (l.Contains("notify-reload") || l.Contains("ReloadSignal"))))
+                .ToList();
+            Assert.That(code, Is.EqualTo(0), $"{Path.GetFileName(unit)}:\n{output}");
+            Assert.That(problems, Is.Empty, Path.GetFileName(unit));
+        }
+    }
+}
