@@ -40,6 +40,12 @@ internal sealed class RunOptions
     [Option("control", HelpText = "Control socket for gsupervisor status/reload/stop (default: $RUNTIME_DIRECTORY/control.sock, $XDG_RUNTIME_DIR/gsupervisor/control.sock or /run/gsupervisor/control.sock).")]
     public string? Control { get; set; }
 
+    [Option("user", HelpText = "Run children as this user (name or uid); the supervisor must run as root. Their group defaults to the user's primary group.")]
+    public string? User { get; set; }
+
+    [Option("group", HelpText = "Run children with this primary group (name or gid); needs --user.")]
+    public string? Group { get; set; }
+
     [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
     public bool NoRestart { get; set; }
 
@@ -55,7 +61,8 @@ internal sealed record RunSettings(
     int Backlog,
     string? PidFile,
     LogEventLevel LogLevel,
-    string ControlPath);
+    string ControlPath,
+    Os.ChildUser? User);
 
 internal static class CommandLineReader
 {
@@ -183,7 +190,25 @@ internal static class CommandLineReader
         if (!control.StartsWith('/') || System.Text.Encoding.UTF8.GetByteCount(control) > ListenSpec.MaxUnixPathBytes)
             return UsageError($"--control '{control}' must be an absolute path of at most {ListenSpec.MaxUnixPathBytes} bytes");
 
+        Os.ChildUser? user = null;
+        if (o.User is not null || o.Group is not null)
+        {
+            if (o.User is null) return UsageError("--group needs --user");
+            var passwd = uint.TryParse(o.User, out var uidNumber) ? Mono.Unix.Native.Syscall.getpwuid(uidNumber) : Mono.Unix.Native.Syscall.getpwnam(o.User);
+            if (passwd is null) return UsageError($"--user '{o.User}': no such user");
+            var gid = passwd.pw_gid;
+            if (o.Group is not null)
+            {
+                var group = uint.TryParse(o.Group, out var gidNumber) ? Mono.Unix.Native.Syscall.getgrgid(gidNumber) : Mono.Unix.Native.Syscall.getgrnam(o.Group);
+                if (group is null) return UsageError($"--group '{o.Group}': no such group");
+                gid = group.gr_gid;
+            }
+            if (Mono.Unix.Native.Syscall.geteuid() != 0)
+                return UsageError("--user and --group need gsupervisor to run as root; run it as the service's user instead");
+            user = new Os.ChildUser(passwd.pw_name, passwd.pw_uid, gid);
+        }
+
         policy = policy with { ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user), ExitCodes.Ok, null, false);
     }
 }

@@ -47,7 +47,7 @@ internal sealed class SupervisorHost
     private readonly HandoffServer _handoff;
     private readonly Dictionary<int, List<HandoffConnection>> _connections = [];
     private readonly List<string> _baseEnvironment;
-    private readonly uint _expectedUid = Syscall.geteuid();
+    private readonly uint _expectedUid;
     private readonly List<PosixSignalRegistration> _signalRegistrations = [];
     private readonly SystemdNotifier? _systemd;
     private readonly ControlServer _control;
@@ -70,6 +70,8 @@ internal sealed class SupervisorHost
             message => Post(new LoopEvent.Error(message)));
         _notify = new NotifyServer(runtimeDirectory.File("notify"));
         _handoff = new HandoffServer(runtimeDirectory.File("handoff"));
+        _expectedUid = settings.User?.Uid ?? Syscall.geteuid();
+        if (settings.User is { } user) runtimeDirectory.GrantTo(user.Uid, user.Gid, [_notify.Path, _handoff.Path]);
         _baseEnvironment = BuildBaseEnvironment();
         _systemd = SystemdNotifier.FromEnvironment(message => _log.Warning("{Message}", message));
     }
@@ -281,7 +283,7 @@ internal sealed class SupervisorHost
         try
         {
             var pid = Spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
-                _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal));
+                _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User));
             _reaper.ChildStarted();
             return new SupervisorEvent.ChildSpawned(generation, pid);
         }

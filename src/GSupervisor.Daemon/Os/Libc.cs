@@ -133,6 +133,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl(int fd, int command, int argument);
 
+    [LibraryImport(Lib, EntryPoint = "initgroups", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int initgroups(string user, uint group);
+
     [LibraryImport(Lib, EntryPoint = "isatty")]
     public static partial int isatty(int fd);
 

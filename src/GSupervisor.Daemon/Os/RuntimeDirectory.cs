@@ -35,6 +35,14 @@ internal sealed class RuntimeDirectory : IDisposable
             $"cannot create a private runtime directory ({string.Join("; ", errors)}); set TMPDIR to a writable directory");
     }
 
+    /// <summary>Gives the children's user the directory and its sockets (children run as another user).</summary>
+    public void GrantTo(uint uid, uint gid, IEnumerable<string> files)
+    {
+        foreach (var path in files.Prepend(Path))
+            if (Syscall.chown(path, uid, gid) != 0)
+                throw new StartupException(ExitCodes.OsError, $"cannot give {path} to uid {uid}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
+    }
+
     public void Dispose()
     {
         try

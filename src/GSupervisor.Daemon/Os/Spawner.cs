@@ -21,7 +21,11 @@ internal sealed record SpawnRequest(
     IReadOnlyList<string> Argv,
     IReadOnlyList<string> Environment,
     IReadOnlyList<int> ListenerFds,
-    int DeathSignal);
+    int DeathSignal,
+    ChildUser? User);
+
+/// <summary>The user the child runs as (--user/--group), switched to by the exec shim.</summary>
+internal sealed record ChildUser(string Name, uint Uid, uint Gid);
 
 internal sealed class SpawnException(int errno, string message) : Exception(message)
 {
@@ -60,6 +64,7 @@ internal static unsafe class Spawner
             request.DeathSignal.ToString(System.Globalization.CultureInfo.InvariantCulture),
             System.Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture),
             request.ListenerFds.Count.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            request.User is { } user ? $"{user.Name}:{user.Uid}:{user.Gid}" : "-",
             request.CommandPath,
         };
         argv.AddRange(request.Argv);

@@ -53,6 +53,10 @@ public class BadInputTests
     [TestCase(new[] { "--log-level", "loud" }, "not a level")]
     [TestCase(new[] { "--backlog", "0" }, "out of range")]
     [TestCase(new[] { "--ready", "delay:1s", "--ready-timeout", "5s" }, "applies to --ready notify only")]
+    [TestCase(new[] { "--group", "nogroup" }, "--group needs --user")]
+    [TestCase(new[] { "--user", "no-such-user-gsv" }, "no such user")]
+    [TestCase(new[] { "--control", "relative.sock" }, "must be an absolute path")]
+    [TestCase(new[] { "--listen", "systemd:" }, "systemd:NAME")]
     public void Usage_errors_exit_64(string[] options, string message) =>
         AssertRefused([.. options, .. MarkingChild], 64, message);
 

@@ -289,6 +289,26 @@ public class SupervisorTests
     }
 
     [Test]
+    public void Children_run_as_the_user_and_group_given()
+    {
+        if (Native.GetEffectiveUserId() != 0)
+            Assert.Inconclusive("--user needs the supervisor to run as root; CI runs as root");
+        using var dir = new TempDirectory();
+        File.SetUnixFileMode(dir.Path, (UnixFileMode)0x1FF); // the child, as nobody, writes its report here
+        var report = dir.File("who");
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--user", "nobody", "--group", "nogroup", "--ready", "delay:200ms", "--",
+            "/bin/sh", "-c", $"echo \"$(id -u) $(id -g) $HOME $USER $LISTEN_FDS $(test -w $NOTIFY_SOCKET && echo notify-ok)\" > {report}; exec sleep 600"]);
+        supervisor.WaitForReady(1);
+        Poll.Until(() => File.Exists(report) && File.ReadAllText(report).Length > 0, TimeSpan.FromSeconds(30), "the child's report");
+        var fields = File.ReadAllText(report).Trim().Split(' ');
+        Assert.That(fields[0], Is.EqualTo("65534"), "uid");
+        Assert.That(fields[1], Is.EqualTo("65534"), "gid");
+        Assert.That(fields[3], Is.EqualTo("nobody"), "USER");
+        Assert.That(fields[4], Is.EqualTo("1"), "LISTEN_FDS");
+        Assert.That(fields.Last(), Is.EqualTo("notify-ok"), "the child's user can reach NOTIFY_SOCKET");
+    }
+
+    [Test]
     public void Stale_unix_socket_file_is_replaced()
     {
         using var dir = new TempDirectory();
