@@ -50,7 +50,7 @@ try
 {
     var commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
     listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
-    runtimeDirectory = RuntimeDirectory.Create();
+    runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
     control = ControlServer.Bind(settings.ControlPath);
     var host = new SupervisorHost(settings, commandPath, listeners, runtimeDirectory, control, logger);
 

@@ -52,6 +52,8 @@ internal sealed class SupervisorHost
     private readonly SystemdNotifier? _systemd;
     private readonly ControlServer _control;
     private readonly List<(int MinGeneration, ControlRequest Request)> _reloadWaiters = [];
+    private readonly Dictionary<int, OutputTail> _outputTails = [];
+    private const int OutputTailsKept = 4;
     private Timer? _watchdog;
     private int _interrupts;
     private int _refusalsLogged;
@@ -259,9 +261,18 @@ internal sealed class SupervisorHost
         {
             var (minGeneration, request) = _reloadWaiters[i];
             if (outcome.Generation < minGeneration) continue;
-            request.Reply(outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}");
+            request.Reply(outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}{OutputTailOf(outcome.Generation)}");
             _reloadWaiters.RemoveAt(i);
         }
+    }
+
+    /// <summary>The last lines the failed generation wrote, for `reload --wait`.</summary>
+    private string OutputTailOf(int generation)
+    {
+        if (!_outputTails.TryGetValue(generation, out var tail)) return "";
+        tail.WaitForEnd(TimeSpan.FromMilliseconds(200)); // a child that just died: let its last words arrive
+        var text = tail.LastLines(20);
+        return text.Length == 0 ? "\n(generation " + generation + " wrote no output)" : $"\nlast output of generation {generation}:\n{text}";
     }
 
     /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>
@@ -280,10 +291,15 @@ internal sealed class SupervisorHost
             "GSUPERVISOR_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture),
         };
         var argv = _settings.Command.ToList();
+        (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
         try
         {
+            output = OutputRelay.Start(generation);
+            _outputTails[generation] = output.Value.Tail;
+            foreach (var old in _outputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _outputTails.Remove(old);
             var pid = Spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
-                _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User));
+                _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User,
+                output.Value.StdoutWrite, output.Value.StderrWrite));
             _reaper.ChildStarted();
             return new SupervisorEvent.ChildSpawned(generation, pid);
         }
@@ -294,6 +310,15 @@ internal sealed class SupervisorHost
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException or InvalidOperationException)
         {
             return new SupervisorEvent.SpawnFailed(generation, e.Message);
+        }
+        finally
+        {
+            // The child has its copies (or never started): the relays see end of file once the child's are closed.
+            if (output is { } o)
+            {
+                Syscall.close(o.StdoutWrite);
+                Syscall.close(o.StderrWrite);
+            }
         }
     }
 

@@ -33,7 +33,10 @@ var generation = Environment.GetEnvironmentVariable("GSUPERVISOR_GENERATION") ??
 var pid = Environment.ProcessId;
 
 if (options.TryGetValue("--exit-before-ready", out var earlyExit))
+{
+    Console.Error.WriteLine($"TestChild: cannot start: exiting with {earlyExit} before ready, as asked");
     return int.Parse(earlyExit, CultureInfo.InvariantCulture);
+}
 
 using var stopping = new CancellationTokenSource();
 var ignoreTerm = flags.Contains("--ignore-term");

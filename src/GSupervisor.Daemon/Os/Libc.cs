@@ -136,6 +136,11 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "initgroups", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int initgroups(string user, uint group);
 
+    public const int O_CLOEXEC = 0x80000;
+
+    [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
+    public static partial int pipe2([System.Runtime.InteropServices.Out] int[] fds, int flags);
+
     [LibraryImport(Lib, EntryPoint = "isatty")]
     public static partial int isatty(int fd);
 

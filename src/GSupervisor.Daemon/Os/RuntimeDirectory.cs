@@ -15,7 +15,8 @@ internal sealed class RuntimeDirectory : IDisposable
 
     public string File(string name) => System.IO.Path.Combine(Path, name);
 
-    public static RuntimeDirectory Create()
+    /// <param name="forOtherUser">Children run as another user (--user): only a root every user can traverse will do.</param>
+    public static RuntimeDirectory Create(bool forOtherUser = false)
     {
         var candidates = new List<string>();
         if (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } xdg) candidates.Add(xdg);
@@ -27,6 +28,7 @@ internal sealed class RuntimeDirectory : IDisposable
             var template = System.IO.Path.Combine(root, "gsupervisor.XXXXXX");
             // Room for "/handoff" and the NUL within the 108 bytes of a socket address.
             if (Encoding.UTF8.GetByteCount(template) + 10 > 107) continue;
+            if (forOtherUser && (Syscall.stat(root, out var st) != 0 || (st.st_mode & FilePermissions.S_IXOTH) == 0)) continue;
             var made = Syscall.mkdtemp(new StringBuilder(template));
             if (made is not null) return new RuntimeDirectory(made.ToString());
             errors.Add($"{root}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");

@@ -22,7 +22,9 @@ internal sealed record SpawnRequest(
     IReadOnlyList<string> Environment,
     IReadOnlyList<int> ListenerFds,
     int DeathSignal,
-    ChildUser? User);
+    ChildUser? User,
+    int StdoutFd = 1,
+    int StderrFd = 2);
 
 /// <summary>The user the child runs as (--user/--group), switched to by the exec shim.</summary>
 internal sealed record ChildUser(string Name, uint Uid, uint Gid);
@@ -85,6 +87,9 @@ internal static unsafe class Spawner
             try
             {
                 Check(Libc.posix_spawn_file_actions_addopen(actions, 0, "/dev/null", Libc.O_RDONLY, 0), "addopen /dev/null");
+                // Output first: the pipe fds may sit in the listeners' target range, which the next actions overwrite.
+                if (request.StdoutFd != 1) Check(Libc.posix_spawn_file_actions_adddup2(actions, request.StdoutFd, 1), "adddup2 stdout");
+                if (request.StderrFd != 2) Check(Libc.posix_spawn_file_actions_adddup2(actions, request.StderrFd, 2), "adddup2 stderr");
                 for (var i = 0; i < request.ListenerFds.Count; i++)
                 {
                     var source = request.ListenerFds[i];

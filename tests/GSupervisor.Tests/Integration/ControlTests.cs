@@ -61,6 +61,9 @@ public class ControlTests
         var (code, _, stderr) = Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]);
         Assert.That(code, Is.EqualTo(1));
         Assert.That(stderr, Does.Contain("exited with exit code 3 before it was ready").And.Contain($"generation 1 (pid {firstPid}) keeps serving"));
+        Assert.That(stderr, Does.Contain("last output of generation 2:\nTestChild: cannot start: exiting with 3 before ready, as asked"),
+            "the tail of the failed child's output");
+        supervisor.WaitForLine("^TestChild: cannot start"); // and the output went on to the supervisor's stderr
     }
 
     [Test]
