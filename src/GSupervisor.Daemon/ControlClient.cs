@@ -127,21 +127,6 @@ internal static class ControlClient
         return ExitCodes.Ok;
     }
 
-    /// <summary>True when a daemon accepts on <paramref name="path"/>.</summary>
-    public static bool IsLive(string path)
-    {
-        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            socket.Connect(new UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
-    }
-
     private static string Exchange(string path, string request, TimeSpan timeout)
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

@@ -70,8 +70,8 @@ internal sealed class SupervisorHost
         _machine = new SupervisorStateMachine(settings.Policy, TimeProvider.System);
         _reaper = new Reaper((pid, status) => Post(new LoopEvent.ChildExited(pid, status)),
             message => Post(new LoopEvent.Error(message)));
-        _notify = new NotifyServer(runtimeDirectory.File("notify"));
-        _handoff = new HandoffServer(runtimeDirectory.File("handoff"));
+        _notify = new NotifyServer(runtimeDirectory.Own("notify"));
+        _handoff = new HandoffServer(runtimeDirectory.Own("handoff"));
         _expectedUid = settings.User?.Uid ?? Syscall.geteuid();
         if (settings.User is { } user) runtimeDirectory.GrantTo(user.Uid, user.Gid, [_notify.Path, _handoff.Path]);
         _baseEnvironment = BuildBaseEnvironment();
@@ -107,6 +107,8 @@ internal sealed class SupervisorHost
         }
         foreach (var r in _signalRegistrations) r.Dispose();
         foreach (var (_, request) in _reloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
+        while (_queue.TryTake(out var left))
+            if (left is LoopEvent.Control c) c.Request.Reply("FAILED the supervisor has exited");
         _watchdog?.Dispose();
         _systemd?.Dispose();
         return exitCode.Value;
@@ -139,6 +141,7 @@ internal sealed class SupervisorHost
         catch (Exception ex)
         {
             _log.Error(ex, "internal error while handling {Event}; carrying on", e.GetType().Name);
+            if (e is LoopEvent.Control c && !c.Request.Answered) c.Request.Reply("ERR internal error in the supervisor; see its log");
             return null;
         }
         finally
@@ -236,10 +239,14 @@ internal sealed class SupervisorHost
                 request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings));
                 return null;
             case "reload" or "reload wait":
+                var lastBefore = _machine.LastReload;
                 var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
                 if (_machine.Starting is not { } starting)
                 {
-                    request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
+                    if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
+                        request.Reply(finished.Succeeded ? $"OK reload succeeded: {finished.Message}" : $"FAILED {finished.Message}{OutputTailOf(finished.Generation)}");
+                    else
+                        request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
                     return exit;
                 }
                 var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
@@ -257,11 +264,13 @@ internal sealed class SupervisorHost
 
     private void AnswerReloadWaiters(ReloadOutcome outcome)
     {
+        string? reply = null; // built once, and only when someone waits
         for (var i = _reloadWaiters.Count - 1; i >= 0; i--)
         {
             var (minGeneration, request) = _reloadWaiters[i];
             if (outcome.Generation < minGeneration) continue;
-            request.Reply(outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}{OutputTailOf(outcome.Generation)}");
+            reply ??= outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}{OutputTailOf(outcome.Generation)}";
+            request.Reply(reply);
             _reloadWaiters.RemoveAt(i);
         }
     }
@@ -270,7 +279,8 @@ internal sealed class SupervisorHost
     private string OutputTailOf(int generation)
     {
         if (!_outputTails.TryGetValue(generation, out var tail)) return "";
-        tail.WaitForEnd(TimeSpan.FromMilliseconds(200)); // a child that just died: let its last words arrive
+        // A child that just died: let its last words arrive. One still alive (being stopped) is not waited for.
+        if (_machine.FindByNumber(generation) is null) tail.WaitForEnd(TimeSpan.FromMilliseconds(200));
         var text = tail.LastLines(20);
         return text.Length == 0 ? "\n(generation " + generation + " wrote no output)" : $"\nlast output of generation {generation}:\n{text}";
     }

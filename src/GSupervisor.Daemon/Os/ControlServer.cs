@@ -48,12 +48,21 @@ internal sealed class ControlServer
             throw new StartupException(e is UnauthorizedAccessException ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
                 $"cannot create the control socket's directory {directory}: {e.Message}; give --control PATH");
         }
-        if (Syscall.lstat(path, out _) == 0)
+        if (Syscall.lstat(path, out var existing) == 0)
         {
-            if (ControlClient.IsLive(path))
+            if ((existing.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
+                throw new StartupException(ExitCodes.CannotCreate, $"--control {path} exists and is not a socket; remove it or give another path");
+            var probe = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
+            var connected = Syscall.connect(probe, new SockaddrUn(path)) == 0;
+            var errno = ErrorNumbers.Last;
+            Syscall.close(probe);
+            if (connected)
                 throw new StartupException(ExitCodes.Unavailable,
                     $"another gsupervisor is running with control socket {path}; give this one its own with --control PATH");
-            Syscall.unlink(path);
+            if (errno != ErrorNumbers.ECONNREFUSED)
+                throw new StartupException(ExitCodes.Unavailable,
+                    $"cannot tell whether control socket {path} is in use ({ErrorNumbers.Describe(errno)}); give --control PATH");
+            Syscall.unlink(path); // stale: nobody accepts on it
         }
         var fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
         var oldMask = Syscall.umask(FilePermissions.S_IRWXG | FilePermissions.S_IRWXO); // born 0600: no window for others
@@ -97,7 +106,8 @@ internal sealed class ControlServer
                 request.Reply("ERR permission denied: only the daemon's user or root may control it");
                 continue;
             }
-            var timeout = new Timeval { tv_sec = 5 };
+            // One thread reads every request: a peer that sends nothing holds it for one second at most.
+            var timeout = new Timeval { tv_sec = 1 };
             Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_RCVTIMEO, timeout);
             var buffer = new byte[MaxRequestBytes];
             var filled = 0;
@@ -125,9 +135,13 @@ internal sealed class ControlRequest(int fd)
 {
     public string Line { get; set; } = "";
 
+    public bool Answered { get; private set; }
+
     /// <summary>Writes the reply and closes the connection.</summary>
     public void Reply(string text)
     {
+        if (Answered) return;
+        Answered = true;
         var bytes = Encoding.UTF8.GetBytes(text.EndsWith('\n') ? text : text + "\n");
         var sent = 0;
         while (sent < bytes.Length)

@@ -61,7 +61,17 @@ internal static class OutputRelay
     {
         var tail = new OutputTail();
         var stdout = Pipe();
-        var stderr = Pipe();
+        (int Read, int Write) stderr;
+        try
+        {
+            stderr = Pipe();
+        }
+        catch
+        {
+            Syscall.close(stdout.Read);
+            Syscall.close(stdout.Write);
+            throw;
+        }
         Relay(stdout.Read, 1, tail, $"relay-{generation}-out");
         Relay(stderr.Read, 2, tail, $"relay-{generation}-err");
         return (stdout.Write, stderr.Write, tail);

@@ -37,23 +37,32 @@ internal sealed class RuntimeDirectory : IDisposable
             $"cannot create a private runtime directory ({string.Join("; ", errors)}); set TMPDIR to a writable directory");
     }
 
-    /// <summary>Gives the children's user the directory and its sockets (children run as another user).</summary>
-    public void GrantTo(uint uid, uint gid, IEnumerable<string> files)
+    private readonly List<string> _files = [];
+
+    /// <summary>Records a file of ours in the directory, removed by name on exit.</summary>
+    public string Own(string name)
     {
-        foreach (var path in files.Prepend(Path))
+        var path = File(name);
+        _files.Add(path);
+        return path;
+    }
+
+    /// <summary>
+    /// Lets the children's user (--user) reach the sockets: the directory stays root's, traversable but not
+    /// listable or writable (0711), and only the sockets are given to that user.
+    /// </summary>
+    public void GrantTo(uint uid, uint gid, IEnumerable<string> sockets)
+    {
+        Syscall.chmod(Path, FilePermissions.S_IRWXU | FilePermissions.S_IXGRP | FilePermissions.S_IXOTH);
+        foreach (var path in sockets)
             if (Syscall.chown(path, uid, gid) != 0)
                 throw new StartupException(ExitCodes.OsError, $"cannot give {path} to uid {uid}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
     }
 
+    /// <summary>Removes our files by name and the directory if empty: never a recursive delete as root.</summary>
     public void Dispose()
     {
-        try
-        {
-            Directory.Delete(Path, recursive: true);
-        }
-        catch (IOException)
-        {
-            // Someone else removed or filled it; nothing of ours is left to clean.
-        }
+        foreach (var path in _files) Syscall.unlink(path);
+        Syscall.rmdir(Path);
     }
 }

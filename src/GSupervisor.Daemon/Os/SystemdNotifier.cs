@@ -22,6 +22,7 @@ internal sealed class SystemdNotifier : IDisposable
     private SystemdNotifier(string path, TimeSpan? watchdogInterval, Action<string> onError)
     {
         _endpoint = new UnixDomainSocketEndPoint(path.StartsWith('@') ? "\0" + path[1..] : path);
+        _socket.Blocking = false; // a busy systemd must never stall the event loop: a message that would block is dropped
         WatchdogInterval = watchdogInterval;
         _onError = onError;
     }
@@ -33,6 +34,8 @@ internal sealed class SystemdNotifier : IDisposable
     public static SystemdNotifier? FromEnvironment(Action<string> onError)
     {
         if (Environment.GetEnvironmentVariable("NOTIFY_SOCKET") is not { Length: > 0 } path) return null;
+        if (Encoding.UTF8.GetByteCount(path) > Core.ListenSpec.MaxUnixPathBytes || !(path.StartsWith('/') || path.StartsWith('@')))
+            throw new StartupException(ExitCodes.Usage, $"NOTIFY_SOCKET '{path}' is not a Unix socket address (absolute path or @name of at most 107 bytes)");
         TimeSpan? watchdog = null;
         var pidText = Environment.GetEnvironmentVariable("WATCHDOG_PID");
         if (long.TryParse(Environment.GetEnvironmentVariable("WATCHDOG_USEC"), NumberStyles.None, CultureInfo.InvariantCulture, out var usec) && usec > 0

@@ -24,6 +24,8 @@ internal static class SystemdSockets
         var pid = Environment.GetEnvironmentVariable("LISTEN_PID");
         if (pid != Environment.ProcessId.ToString(CultureInfo.InvariantCulture)) return [];
         if (!int.TryParse(Environment.GetEnvironmentVariable("LISTEN_FDS"), NumberStyles.None, CultureInfo.InvariantCulture, out var count)) return [];
+        if (count > 4096)
+            throw new StartupException(ExitCodes.Usage, $"LISTEN_FDS={count} is not a believable number of sockets");
         var names = Environment.GetEnvironmentVariable("LISTEN_FDNAMES")?.Split(':') ?? [];
         return Enumerable.Range(0, count).Select(i => new Passed(3 + i, i < names.Length && names[i].Length > 0 ? names[i] : "unknown")).ToList();
     }

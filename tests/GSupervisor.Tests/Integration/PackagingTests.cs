@@ -70,6 +70,29 @@ public class PackagingTests
     }
 
     [Test]
+    public void Every_units_ExecReload_line_is_a_valid_command()
+    {
+        var binary = Path.Combine(_extracted.Path, "usr/bin/gsupervisor");
+        var units = Directory.GetFiles(Path.Combine(_extracted.Path, "usr/share/doc/gsupervisor/examples"))
+            .Append(Path.Combine(_extracted.Path, "usr/lib/systemd/system/gsupervisor@.service"));
+        var checkedLines = 0;
+        foreach (var unit in units)
+        {
+            foreach (var line in File.ReadAllLines(unit).Where(l => l.StartsWith("ExecReload=", StringComparison.Ordinal)))
+            {
+                var words = line["ExecReload=".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).ToList();
+                var control = words.IndexOf("--control");
+                if (control >= 0) words.RemoveRange(control, 2);
+                words.AddRange(["--control", Path.Combine(_extracted.Path, "no-daemon.sock")]);
+                var (code, output) = Run(binary, words);
+                Assert.That(code, Is.EqualTo(69), $"{Path.GetFileName(unit)}: {line} -> {output}"); // parsed; no daemon there
+                checkedLines++;
+            }
+        }
+        Assert.That(checkedLines, Is.GreaterThanOrEqualTo(3));
+    }
+
+    [Test]
     public void Units_pass_systemd_analyze_verify()
     {
         Assert.That(File.Exists("/usr/bin/systemd-analyze"), Is.True, "systemd-analyze (Debian's systemd package; .ci/run installs it)");
