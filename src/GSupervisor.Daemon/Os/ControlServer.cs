@@ -80,6 +80,7 @@ internal sealed class ControlServer
         {
             Syscall.umask(oldMask);
         }
+        Syscall.chmod(path, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR); // born 0700 under the umask; 0600 is the documented mode
         return new ControlServer(path, fd);
     }
 

@@ -292,7 +292,13 @@ public class SupervisorTests
     public void Children_run_as_the_user_and_group_given()
     {
         if (Native.GetEffectiveUserId() != 0)
-            Assert.Inconclusive("--user needs the supervisor to run as root; CI runs as root");
+        {
+            // Not root: switching users is impossible, and the supervisor must say so before anything starts.
+            using var refused = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--user", "nobody", "--", "/bin/true"]);
+            Assert.That(refused.WaitForExit(TimeSpan.FromSeconds(30)), Is.EqualTo(64));
+            Assert.That(refused.Output, Does.Contain("--user and --group need gsupervisor to run as root"));
+            return;
+        }
         using var dir = new TempDirectory();
         File.SetUnixFileMode(dir.Path, (UnixFileMode)0x1FF); // the child, as nobody, writes its report here
         var report = dir.File("who");
