@@ -6,6 +6,11 @@
 // supervisor blocks here), feeds it to the machine, and carries out the effects the machine returns.
 // Attribution of notify messages and handoff connections to a generation (by the sender's pid and
 // process tree) happens here, since only the loop knows the live generations.
+//
+// What children (or anyone of their uid) send cannot grow the queue without bound: notify datagrams, handoff
+// connections and handoff lines pass a gate of UntrustedInFlight places, and the thread that read them waits
+// for a place. The kernel's socket buffers then fill and the senders wait (or get EAGAIN), as under systemd.
+// Signals, child exits and control requests never wait at the gate.
 
 using System.Collections.Concurrent;
 using System.Globalization;
@@ -21,6 +26,7 @@ namespace GSupervisor.Daemon;
 internal sealed class SupervisorHost
 {
     private const int MaxHandoffConnectionsPerGeneration = 16;
+    private const int UntrustedInFlight = 128;
 
     private abstract record LoopEvent
     {
@@ -31,6 +37,8 @@ internal sealed class SupervisorHost
         public sealed record HandoffLine(int Generation, HandoffConnection Connection, byte[] Line) : LoopEvent;
         public sealed record HandoffClosed(int Generation, HandoffConnection Connection) : LoopEvent;
         public sealed record Error(string Message) : LoopEvent;
+        /// <summary>Something a child or another user did that was refused: logged at a capped rate.</summary>
+        public sealed record Refusal(string Message) : LoopEvent;
         public sealed record WatchdogDue : LoopEvent;
         public sealed record Control(ControlRequest Request) : LoopEvent;
     }
@@ -41,6 +49,7 @@ internal sealed class SupervisorHost
     private readonly RuntimeDirectory _runtimeDirectory;
     private readonly ILogger _log;
     private readonly BlockingCollection<LoopEvent> _queue = new();
+    private readonly SemaphoreSlim _untrustedGate = new(UntrustedInFlight, UntrustedInFlight);
     private readonly SupervisorStateMachine _machine;
     private readonly Reaper _reaper;
     private readonly NotifyServer _notify;
@@ -56,7 +65,11 @@ internal sealed class SupervisorHost
     private const int OutputTailsKept = 4;
     private Timer? _watchdog;
     private int _interrupts;
-    private int _refusalsLogged;
+    private static readonly TimeSpan RefusalWindow = TimeSpan.FromMinutes(1);
+    private const int RefusalsPerWindow = 20;
+    private TimeSpan _refusalWindowStart = TimeSpan.MinValue / 2;
+    private int _refusalsInWindow;
+    private long _refusalsSuppressed;
 
     public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners,
         RuntimeDirectory runtimeDirectory, ControlServer control, ILogger log)
@@ -80,14 +93,23 @@ internal sealed class SupervisorHost
 
     private void Post(LoopEvent e) => _queue.Add(e);
 
+    /// <summary>Posts what a child sent, waiting first for a place at the gate (see the overview).</summary>
+    private void PostUntrusted(LoopEvent e)
+    {
+        _untrustedGate.Wait();
+        _queue.Add(e);
+    }
+
+    private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal;
+
     /// <summary>Runs until the machine says exit; returns the exit code.</summary>
     public int Run()
     {
         _reaper.Start();
-        _notify.Start(d => Post(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
-        _handoff.Start(c => Post(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
+        _notify.Start(d => PostUntrusted(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
+        _handoff.Start(c => PostUntrusted(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
         RegisterSignals();
-        _control.Start(r => Post(new LoopEvent.Control(r)), m => Post(new LoopEvent.Error(m)));
+        _control.Start(r => Post(new LoopEvent.Control(r)), m => PostUntrusted(new LoopEvent.Refusal(m)));
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
@@ -147,6 +169,8 @@ internal sealed class SupervisorHost
         finally
         {
             if (e is LoopEvent.ChildExited exited) _reaper.Reap(exited.Pid); // only now may its pid be reused
+            if (e is LoopEvent.Notify n) n.Datagram.Release(); // a BARRIER=1 sender learns its messages were handled
+            if (IsUntrusted(e)) _untrustedGate.Release();
         }
     }
 
@@ -175,6 +199,9 @@ internal sealed class SupervisorHost
                 return null;
             case LoopEvent.Error err:
                 _log.Error("{Message}", err.Message);
+                return null;
+            case LoopEvent.Refusal r:
+                LogRefusal(r.Message);
                 return null;
             default:
                 throw new InvalidOperationException($"unknown loop event {e}");
@@ -354,6 +381,9 @@ internal sealed class SupervisorHost
     {
         if (d.FdsDiscarded > 0)
             _log.Debug("closed {Count} fds sent with a notify message by pid {Pid} (fd store is not supported)", d.FdsDiscarded, d.SenderPid);
+        // sd_notify_barrier(): nothing to act on; its fd is closed once this turn ends (see UnixMessages).
+        if (d.HeldFd >= 0 && !d.Truncated && d.Data.AsSpan().TrimEnd((byte)'\n').SequenceEqual("BARRIER=1"u8))
+            return null;
         if (d.Truncated)
         {
             LogRefusal($"dropped a notify message from pid {d.SenderPid}: larger than {NotifyMessage.MaxBytes} bytes");
@@ -413,15 +443,15 @@ internal sealed class SupervisorHost
         var errno = c.SendGreeting(generation, _listeners.Select(l => l.Spec.FdName).ToList(), _listeners.Select(l => l.Fd).ToList());
         if (errno != 0)
         {
-            _log.Warning("could not send the listeners to pid {Pid} of generation {Generation}: {Error}", c.PeerPid, generation, ErrorNumbers.Describe(errno));
+            LogRefusal($"could not send the listeners to pid {c.PeerPid} of generation {generation}: {ErrorNumbers.Describe(errno)}");
             c.Refuse("send failed");
             return;
         }
         list.Add(c);
         _log.Debug("handed {Count} listeners to pid {Pid} of generation {Generation} over the handoff socket", _listeners.Count, c.PeerPid, generation);
         c.StartReading(
-            line => Post(new LoopEvent.HandoffLine(generation, c, line)),
-            problem => Post(new LoopEvent.Error($"closed the handoff connection of pid {c.PeerPid} (generation {generation}): {problem}")),
+            line => PostUntrusted(new LoopEvent.HandoffLine(generation, c, line)),
+            problem => PostUntrusted(new LoopEvent.Refusal($"closed the handoff connection of pid {c.PeerPid} (generation {generation}): {problem}")),
             () => Post(new LoopEvent.HandoffClosed(generation, c)));
     }
 
@@ -431,12 +461,33 @@ internal sealed class SupervisorHost
         return ProcessTree.FindRoot(pid, roots.Keys) is { } root ? roots[root] : null;
     }
 
-    /// <summary>Refusals are logged, but a child flooding the sockets cannot flood the log.</summary>
+    /// <summary>
+    /// Refusals are logged, but a child flooding the sockets cannot flood the log: at most
+    /// <see cref="RefusalsPerWindow"/> lines per <see cref="RefusalWindow"/>; the next line after a quiet
+    /// stretch says how many were left out.
+    /// </summary>
     private void LogRefusal(string message)
     {
-        _refusalsLogged++;
-        if (_refusalsLogged <= 20) _log.Warning("{Message}", message);
-        else if (_refusalsLogged % 1000 == 0) _log.Warning("{Message} ({Count} such messages so far)", message, _refusalsLogged);
+        var now = _machine.Now;
+        if (now - _refusalWindowStart >= RefusalWindow)
+        {
+            _refusalWindowStart = now;
+            _refusalsInWindow = 0;
+        }
+        if (++_refusalsInWindow > RefusalsPerWindow)
+        {
+            _refusalsSuppressed++;
+            return;
+        }
+        if (_refusalsSuppressed > 0)
+        {
+            _log.Warning("{Message} ({Count} more such messages were not logged)", message, _refusalsSuppressed);
+            _refusalsSuppressed = 0;
+        }
+        else
+        {
+            _log.Warning("{Message}", message);
+        }
     }
 
     private List<string> BuildBaseEnvironment()

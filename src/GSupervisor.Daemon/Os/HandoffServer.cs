@@ -111,7 +111,7 @@ internal sealed class HandoffConnection(int fd, int peerPid, int peerUid)
                 var start = 0;
                 while ((newline = Array.IndexOf(buffer, (byte)'\n', start, filled - start)) >= 0)
                 {
-                    onLine(buffer.AsSpan(start, newline - start).ToArray());
+                    if (newline > start) onLine(buffer.AsSpan(start, newline - start).ToArray()); // empty lines carry nothing
                     start = newline + 1;
                 }
                 Buffer.BlockCopy(buffer, start, buffer, 0, filled - start);

@@ -1,16 +1,28 @@
 // Overview
 // --------
 // Ancillary-data messages on Unix sockets through Mono.Posix: sending fds with SCM_RIGHTS (handoff socket)
-// and receiving a datagram together with its sender's SCM_CREDENTIALS (notify socket). Any fds a peer
-// sends us are closed at once, so a child cannot make the supervisor hold its files or exhaust its fds.
+// and receiving a datagram together with its sender's SCM_CREDENTIALS (notify socket). Of the fds a peer
+// sends, at most one is kept until the event loop has handled the datagram (sd_notify's BARRIER=1 sends a pipe
+// end and waits for it to close: closing it only then tells `systemd-notify` that its READY=1 has been acted
+// on, which keeps it alive, and attributable to its generation, until then). The rest are closed at once, so
+// a child cannot make the supervisor hold its files or exhaust its fds.
 
 using System.Runtime.InteropServices;
 using Mono.Unix.Native;
 
 namespace GSupervisor.Daemon.Os;
 
-/// <summary>One received datagram and who sent it (pid and uid as the kernel reports them).</summary>
-internal sealed record ReceivedDatagram(byte[] Data, int SenderPid, int SenderUid, bool Truncated, int FdsDiscarded);
+/// <summary>
+/// One received datagram and who sent it (pid and uid as the kernel reports them). <see cref="HeldFd"/> (or -1)
+/// is the one fd kept open until the datagram has been handled; call <see cref="Release"/> then.
+/// </summary>
+internal sealed record ReceivedDatagram(byte[] Data, int SenderPid, int SenderUid, bool Truncated, int HeldFd, int FdsDiscarded)
+{
+    public void Release()
+    {
+        if (HeldFd >= 0) Syscall.close(HeldFd);
+    }
+}
 
 internal static class UnixMessages
 {
@@ -94,7 +106,7 @@ internal static class UnixMessages
                 if (errno != ErrorNumbers.EINTR) return null;
             }
             errno = 0;
-            int pid = 0, uid = -1, discarded = 0;
+            int pid = 0, uid = -1, held = -1, discarded = 0;
             for (var offset = Syscall.CMSG_FIRSTHDR(msg); offset != -1; offset = Syscall.CMSG_NXTHDR(msg, offset))
             {
                 var header = Cmsghdr.ReadFromBuffer(msg, offset);
@@ -110,13 +122,19 @@ internal static class UnixMessages
                 {
                     for (var i = 0; i + sizeof(int) <= length; i += sizeof(int))
                     {
-                        Syscall.close(BitConverter.ToInt32(msg.msg_control, data + i));
+                        var fd = BitConverter.ToInt32(msg.msg_control, data + i);
+                        if (held < 0)
+                        {
+                            held = fd;
+                            continue;
+                        }
+                        Syscall.close(fd);
                         discarded++;
                     }
                 }
             }
             var truncated = (msg.msg_flags & MessageFlags.MSG_TRUNC) != 0 || (msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0;
-            return new ReceivedDatagram(buffer.AsSpan(0, (int)received).ToArray(), pid, uid, truncated, discarded);
+            return new ReceivedDatagram(buffer.AsSpan(0, (int)received).ToArray(), pid, uid, truncated, held, discarded);
         }
         finally
         {
