@@ -33,6 +33,11 @@ if (read.Settings is not { } settings)
     return read.ExitCode;
 }
 
+// From here on the daemon's stderr is queued: the event loop never waits for a slow or stuck stderr.
+var logStream = new QueuedFdWriteStream(2);
+stderr = new StreamWriter(logStream) { AutoFlush = true };
+Console.SetError(stderr);
+
 var useColour = Libc.isatty(2) == 1 && Environment.GetEnvironmentVariable("NO_COLOR") is null;
 using var logger = new LoggerConfiguration()
     .MinimumLevel.Is(settings.LogLevel)
@@ -56,7 +61,10 @@ try
 
     logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
     for (var i = 0; i < listeners.Count; i++)
-        logger.Information("listening on {Address} (fd {Fd} in the child, name {Name})", listeners[i].Address, 3 + i, listeners[i].Spec.FdName);
+        logger.Information("listening on {Address} (fd {Fd} in the child, name {Name}){PortNote}", listeners[i].Address, 3 + i, listeners[i].Spec.FdName,
+            listeners[i].Spec is { Port: 0, Kind: not GSupervisor.Core.ListenKind.Unix and not GSupervisor.Core.ListenKind.Systemd }
+                ? "; port 0 was given, so the kernel chose this port: it stays the same across reloads, not across restarts of gsupervisor"
+                : "");
     if (listeners.Count == 0)
         logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
     if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
@@ -74,4 +82,5 @@ finally
     runtimeDirectory?.Dispose();
     control?.Remove();
     if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
+    logStream.Drain(TimeSpan.FromSeconds(2));
 }

@@ -40,8 +40,16 @@ internal sealed class ControlServer
         var directory = System.IO.Path.GetDirectoryName(path)!;
         try
         {
+            // Only the last directory is made (the default paths' gsupervisor/): a --control PATH in a tree that
+            // does not exist is a typo more often than not, and nothing is created all over the file system.
             if (!Directory.Exists(directory))
+            {
+                var parent = System.IO.Path.GetDirectoryName(directory);
+                if (parent is null || !Directory.Exists(parent))
+                    throw new StartupException(ExitCodes.CannotCreate,
+                        $"cannot create the control socket {path}: directory {parent} does not exist; create it or give another --control PATH");
                 Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -107,9 +115,11 @@ internal sealed class ControlServer
                 request.Reply("ERR permission denied: only the daemon's user or root may control it");
                 continue;
             }
-            // One thread reads every request: a peer that sends nothing holds it for one second at most.
+            // One thread reads every request: a peer that sends nothing holds it for one second at most; and the
+            // loop's reply waits at most one second for a peer that does not read it.
             var timeout = new Timeval { tv_sec = 1 };
             Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_RCVTIMEO, timeout);
+            Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_SNDTIMEO, timeout);
             var buffer = new byte[MaxRequestBytes];
             var filled = 0;
             while (filled < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, filled) < 0)
