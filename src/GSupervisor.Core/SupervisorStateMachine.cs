@@ -46,6 +46,8 @@ public sealed class SupervisorStateMachine
     public bool ReloadPending => _pendingReload is not null;
     public TimeSpan? RestartAt => _restartAt;
     public int Restarts { get; private set; }
+    /// <summary>Deaths in a row without 10 s of serving in between: what the restart delay doubles with.</summary>
+    public int ConsecutiveFailures => _consecutiveFailures;
     public ReloadOutcome? LastReload { get; private set; }
 
     /// <summary>Time since the state machine was created, on the monotonic clock.</summary>

@@ -46,6 +46,12 @@ internal sealed class RunOptions
     [Option("group", HelpText = "Run children with this primary group (name or gid); needs --user.")]
     public string? Group { get; set; }
 
+    [Option("restart-delay", Default = "250ms", HelpText = "Wait before restarting a child that died; doubles with each death in a row.")]
+    public string RestartDelay { get; set; } = "250ms";
+
+    [Option("restart-max-delay", Default = "30s", HelpText = "Cap of the doubling restart delay. A child that served 10s resets it.")]
+    public string RestartMaxDelay { get; set; } = "30s";
+
     [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
     public bool NoRestart { get; set; }
 
@@ -172,6 +178,16 @@ internal static class CommandLineReader
             return UsageError($"--stop-signal: {sigError}");
         if (policy.ReadyMode == ReadyMode.Delay && o.ReadyTimeout != "60s")
             return UsageError("--ready-timeout applies to --ready notify only; with --ready delay:D the child is ready after D");
+        if (!Duration.TryParse(o.RestartDelay, out var restartDelay, out var rdError))
+            return UsageError($"--restart-delay: {rdError}");
+        if (restartDelay <= TimeSpan.Zero)
+            return UsageError("--restart-delay must be more than 0, or a crashing child would be restarted in a tight loop");
+        if (!Duration.TryParse(o.RestartMaxDelay, out var restartMaxDelay, out var rmError))
+            return UsageError($"--restart-max-delay: {rmError}");
+        if (restartMaxDelay < restartDelay)
+            return UsageError($"--restart-max-delay {o.RestartMaxDelay} is less than --restart-delay {o.RestartDelay}; the cap must be at least the first delay");
+        if (o.NoRestart && (o.RestartDelay != "250ms" || o.RestartMaxDelay != "30s"))
+            return UsageError("--restart-delay and --restart-max-delay conflict with --no-restart; drop one of them");
         if (o.Backlog is < 1 or > 65535)
             return UsageError($"--backlog {o.Backlog} is out of range; use 1 to 65535");
 
@@ -208,7 +224,11 @@ internal static class CommandLineReader
             user = new Os.ChildUser(passwd.pw_name, passwd.pw_uid, gid);
         }
 
-        policy = policy with { ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal };
+        policy = policy with
+        {
+            ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
+            RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay,
+        };
         return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user), ExitCodes.Ok, null, false);
     }
 }

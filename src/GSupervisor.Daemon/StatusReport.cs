@@ -22,6 +22,8 @@ internal static class StatusReport
         for (var i = 0; i < listeners.Count; i++)
             sb.Append(CultureInfo.InvariantCulture, $"  fd {3 + i}  {listeners[i].Address}  name {listeners[i].Spec.FdName}\n");
         sb.Append(CultureInfo.InvariantCulture, $"restarts: {machine.Restarts}\n");
+        if (machine.RestartAt is { } at)
+            sb.Append(CultureInfo.InvariantCulture, $"next restart: in {Duration.Format(at > now ? at - now : TimeSpan.Zero)} (attempt {machine.ConsecutiveFailures})\n");
         sb.Append("last reload: ").Append(machine.LastReload is { } r
             ? $"{(r.Succeeded ? "succeeded" : "failed")} {Duration.Format(now - r.At)} ago: {r.Message}"
             : "none").Append('\n');
@@ -76,6 +78,9 @@ internal static class StatusReport
             }
             w.WriteEndArray();
             w.WriteNumber("restarts", machine.Restarts);
+            w.WriteNumber("consecutiveFailures", machine.ConsecutiveFailures);
+            if (machine.RestartAt is { } at) w.WriteNumber("nextRestartInSeconds", Math.Round(Math.Max(0, (at - now).TotalSeconds), 3));
+            else w.WriteNull("nextRestartInSeconds");
             w.WriteBoolean("reloadPending", machine.ReloadPending);
             if (machine.LastReload is { } r)
             {
