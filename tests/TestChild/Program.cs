@@ -1,10 +1,12 @@
 // A child process for gsupervisor's integration tests. It takes its listeners by LISTEN_FDS or over the
 // handoff socket, answers each connection with one HTTP/1.1 response ("pid=P gen=G"), reports readiness
-// as asked, and can misbehave on request (exit early, never get ready, ignore SIGTERM, crash).
+// as asked, and can misbehave on request (exit early or die by a signal, never get ready, ignore SIGTERM,
+// crash while serving or while draining, send garbage to the supervisor's sockets).
 //
 //   TestChild [--listeners fds|handoff] [--ready notify|handoff|never] [--ready-after DURATION-MS]
-//             [--exit-before-ready CODE] [--ignore-term] [--response-delay-ms N]
-//             [--crash-after-ready-ms N] [--args-file PATH]
+//             [--exit-before-ready CODE] [--signal-before-ready SIGNUM] [--ignore-term]
+//             [--response-delay-ms N] [--crash-after-ready-ms N] [--crash-on-term-ms N]
+//             [--fuzz-sockets COUNT] [--args-file PATH]
 
 using System.Globalization;
 using System.Net.Sockets;
@@ -37,12 +39,19 @@ if (options.TryGetValue("--exit-before-ready", out var earlyExit))
     Console.Error.WriteLine($"TestChild: cannot start: exiting with {earlyExit} before ready, as asked");
     return int.Parse(earlyExit, CultureInfo.InvariantCulture);
 }
+if (options.TryGetValue("--signal-before-ready", out var earlySignal))
+{
+    Console.Error.WriteLine($"TestChild: dying by signal {earlySignal} before ready, as asked");
+    Faults.DieBySignal(int.Parse(earlySignal, CultureInfo.InvariantCulture));
+}
 
 using var stopping = new CancellationTokenSource();
 var ignoreTerm = flags.Contains("--ignore-term");
 using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
 {
     context.Cancel = true;
+    if (options.TryGetValue("--crash-on-term-ms", out var crashOnTerm))
+        _ = Task.Delay(int.Parse(crashOnTerm, CultureInfo.InvariantCulture)).ContinueWith(_ => Faults.DieBySignal(6 /* SIGABRT */));
     if (!ignoreTerm) stopping.Cancel();
 });
 
@@ -52,6 +61,7 @@ var responseDelay = TimeSpan.FromMilliseconds(IntOpt("--response-delay-ms", 0));
 var inFlight = new CountdownEvent(1);
 var acceptors = client.Listeners.Select(l => Task.Run(() => AcceptLoop(l.Socket))).ToList();
 
+if (options.ContainsKey("--fuzz-sockets")) Faults.FuzzSupervisorSockets(IntOpt("--fuzz-sockets", 0), seed: pid);
 await Task.Delay(IntOpt("--ready-after", 0));
 switch (Opt("--ready", "notify"))
 {

@@ -57,6 +57,14 @@ public class BadInputTests
     [TestCase(new[] { "--user", "no-such-user-gsv" }, "no such user")]
     [TestCase(new[] { "--control", "relative.sock" }, "must be an absolute path")]
     [TestCase(new[] { "--listen", "systemd:" }, "systemd:NAME")]
+    [TestCase(new[] { "--listen", ":-1" }, "not a number from 0 to 65535")]
+    [TestCase(new[] { "--listen", "unix:" }, "path is empty")]
+    [TestCase(new[] { "--listen", "1.2.3:80" }, "not an IP address")]
+    [TestCase(new[] { "--listen", "[::1]80" }, "an IPv6 address is written [ADDRESS]:PORT")]
+    [TestCase(new[] { "--listen", "web=:8080", "--listen", "web=:8081" }, "have the same name 'web'")]
+    [TestCase(new[] { "--restart-delay", "0s" }, "must be more than 0")]
+    [TestCase(new[] { "--restart-delay", "5s", "--restart-max-delay", "1s" }, "less than --restart-delay")]
+    [TestCase(new[] { "--no-restart", "--restart-max-delay", "1m" }, "conflict with --no-restart")]
     public void Usage_errors_exit_64(string[] options, string message) =>
         AssertRefused([.. options, .. MarkingChild], 64, message);
 
@@ -99,6 +107,25 @@ public class BadInputTests
     [Test]
     public void Unix_socket_in_a_missing_directory_exits_73() =>
         AssertRefused(["--listen", $"unix:{_dir.File("missing/app.sock")}", .. MarkingChild], 73, "does not exist");
+
+    [Test]
+    public void Unix_socket_path_longer_than_a_socket_address_exits_64() =>
+        AssertRefused(["--listen", $"unix:{_dir.File(new string('s', 120))}", .. MarkingChild], 64, "longer than the 107 a socket address holds");
+
+    [Test]
+    public void Control_socket_in_a_missing_directory_tree_exits_73_and_creates_nothing()
+    {
+        AssertRefused(["--listen", ":0", "--control", _dir.File("no/such/control.sock"), .. MarkingChild], 73, "does not exist");
+        Assert.That(Directory.Exists(_dir.File("no")), Is.False, "no directories made on the way");
+    }
+
+    [Test]
+    public void Port_0_binds_a_port_the_kernel_chooses_and_says_so()
+    {
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready", "delay:1ms", "--", "/bin/sleep", "600"]);
+        var line = supervisor.WaitForLine(@"listening on 127\.0\.0\.1:(\d+) .*port 0 was given, so the kernel chose this port");
+        Assert.That(int.Parse(line.Groups[1].Value), Is.GreaterThan(0));
+    }
 
     [Test]
     public void Unix_socket_path_taken_by_a_regular_file_exits_73()

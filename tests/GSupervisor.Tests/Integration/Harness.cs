@@ -107,11 +107,13 @@ internal sealed partial class SupervisorProcess : IDisposable
     private readonly HashSet<int> _childPids = [];
 
     private readonly string _runtimeDirectory;
+    private readonly bool _childPidsAreOurs;
 
-    private SupervisorProcess(Process process, string runtimeDirectory)
+    private SupervisorProcess(Process process, string runtimeDirectory, bool childPidsAreOurs)
     {
         _process = process;
         _runtimeDirectory = runtimeDirectory;
+        _childPidsAreOurs = childPidsAreOurs;
     }
 
     public int Pid => _process.Id;
@@ -120,7 +122,8 @@ internal sealed partial class SupervisorProcess : IDisposable
     public string ControlPath => System.IO.Path.Combine(_runtimeDirectory, "gsupervisor", "control.sock");
 
     public static SupervisorProcess Start(IEnumerable<string> arguments, string? workingDirectory = null,
-        IDictionary<string, string>? environment = null, string? program = null, IEnumerable<string>? prefix = null)
+        IDictionary<string, string>? environment = null, string? program = null, IEnumerable<string>? prefix = null,
+        bool childPidsAreOurs = true)
     {
         var info = new ProcessStartInfo(program ?? Paths.Supervisor)
         {
@@ -138,7 +141,7 @@ internal sealed partial class SupervisorProcess : IDisposable
         info.Environment.Remove("RUNTIME_DIRECTORY");
         if (environment is not null) foreach (var (k, v) in environment) info.Environment[k] = v;
         var process = Process.Start(info)!;
-        var supervisor = new SupervisorProcess(process, runtimeDirectory);
+        var supervisor = new SupervisorProcess(process, runtimeDirectory, childPidsAreOurs);
         process.ErrorDataReceived += (_, e) => supervisor.OnLine(e.Data);
         process.OutputDataReceived += (_, e) => supervisor.OnLine(e.Data);
         process.BeginErrorReadLine();
@@ -230,7 +233,8 @@ internal sealed partial class SupervisorProcess : IDisposable
         }
         finally
         {
-            foreach (var pid in ChildPids)
+            // Pids logged inside another PID namespace are not ours to kill.
+            foreach (var pid in _childPidsAreOurs ? ChildPids : [])
             {
                 Native.Kill(-pid, 9);
                 Native.Kill(pid, 9);
