@@ -92,6 +92,20 @@ public class SupervisorTests
     }
 
     [Test]
+    public void A_shell_script_child_reports_ready_with_systemd_notify()
+    {
+        // systemd-notify sends READY=1, then BARRIER=1 with a pipe end, and waits for the supervisor to close that
+        // end: so it is still alive, and attributable to the generation, when its READY=1 is handled.
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready-timeout", "20s", "--",
+            "/bin/sh", "-c", "systemd-notify --ready --status='warmed up' && exec sleep 600"]);
+        supervisor.WaitForLine(@"generation 1 \(pid \d+\) is ready \(READY=1 via NOTIFY_SOCKET");
+        var (code, status, _) = Verb.Run(["status", "--control", supervisor.ControlPath]);
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(status, Does.Contain("status: warmed up"));
+        Assert.That(supervisor.Output, Does.Not.Contain("dropped a notify message"));
+    }
+
+    [Test]
     public void Serves_on_sockets_received_over_the_handoff_socket()
     {
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child("--listeners", "handoff", "--ready", "handoff")]);
