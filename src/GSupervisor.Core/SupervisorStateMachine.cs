@@ -355,7 +355,7 @@ public sealed class SupervisorStateMachine
         var serving = Serving;
         if (g.Cause == GenerationCause.Reload)
         {
-            var message = serving is null ? $"reload failed: {reason}" : $"reload failed: {reason}; {serving.Label} keeps serving";
+            var message = serving is null ? $"{reason}; nothing is serving" : $"{reason}; {serving.Label} keeps serving";
             FinishReload(fx, new ReloadOutcome(g.Number, false, message, Now));
         }
         if (serving is not null)

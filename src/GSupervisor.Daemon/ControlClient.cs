@@ -115,7 +115,7 @@ internal static class ControlClient
         }
         if (reply.StartsWith("FAILED ", StringComparison.Ordinal))
         {
-            stderr.Write("gsupervisor: " + reply["FAILED ".Length..]);
+            stderr.Write("gsupervisor: reload failed: " + reply["FAILED ".Length..]);
             return ReloadFailed;
         }
         if (reply.StartsWith("ERR ", StringComparison.Ordinal) || reply.Length == 0)

@@ -214,17 +214,20 @@ public class FaultTests
         Assert.That(Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]).Code, Is.EqualTo(1));
 
         // The listener stayed open: a connection made now waits in the queue and is served once a child is back.
-        using var client = new TcpClient { ReceiveTimeout = 30_000 };
-        client.Connect("127.0.0.1", port);
-        var stream = client.GetStream();
-        stream.Write("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"u8);
-        File.Delete(argsFile);
-        var answer = new StreamReader(stream).ReadToEnd();
-        Assert.That(answer, Does.StartWith("HTTP/1.1 200 "));
+        using (var client = new TcpClient { ReceiveTimeout = 30_000 })
+        {
+            client.Connect("127.0.0.1", port);
+            var stream = client.GetStream();
+            stream.Write("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"u8);
+            File.Delete(argsFile);
+            var answer = new StreamReader(stream).ReadToEnd();
+            Assert.That(answer, Does.StartWith("HTTP/1.1 200 "));
+        }
 
         var (stopCode, _, _) = Verb.Run(["stop", "--control", supervisor.ControlPath]);
         Assert.That(stopCode, Is.EqualTo(0));
         Assert.That(supervisor.WaitForExit(Long), Is.EqualTo(0));
+        Assert.That(supervisor.Output, Does.Not.Contain("SIGKILL to its process group"), "the last generation stopped in order");
     }
 
     // 6. A reload storm: 100 SIGUSR2 from a shell loop.
