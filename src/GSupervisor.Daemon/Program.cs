@@ -37,6 +37,12 @@ if (read.Settings is not { } settings)
 var logStream = new QueuedFdWriteStream(2);
 stderr = new StreamWriter(logStream) { AutoFlush = true };
 Console.SetError(stderr);
+// A crash on any thread: its reason is written out before the process ends (finally blocks do not run then).
+AppDomain.CurrentDomain.UnhandledException += (_, e) =>
+{
+    stderr.WriteLine($"gsupervisor: internal error, exiting: {e.ExceptionObject}");
+    logStream.Drain(TimeSpan.FromSeconds(2));
+};
 
 var useColour = Libc.isatty(2) == 1 && Environment.GetEnvironmentVariable("NO_COLOR") is null;
 using var logger = new LoggerConfiguration()
@@ -76,11 +82,24 @@ catch (StartupException e)
     stderr.WriteLine($"gsupervisor: {e.Message}");
     return e.ExitCode;
 }
+catch (Exception e)
+{
+    // A bug outside the event loop's per-event guard. The children get their stop signal from the kernel
+    // (parent-death signal) once this process is gone.
+    logger.Fatal(e, "internal error, exiting");
+    return ExitCodes.Software;
+}
 finally
 {
-    if (listeners is not null) Listeners.CloseAll(listeners);
-    runtimeDirectory?.Dispose();
-    control?.Remove();
-    if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
-    logStream.Drain(TimeSpan.FromSeconds(2));
+    try
+    {
+        if (listeners is not null) Listeners.CloseAll(listeners);
+        runtimeDirectory?.Dispose();
+        control?.Remove();
+        if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
+    }
+    finally
+    {
+        logStream.Drain(TimeSpan.FromSeconds(2));
+    }
 }

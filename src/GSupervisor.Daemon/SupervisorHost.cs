@@ -70,6 +70,7 @@ internal sealed class SupervisorHost
     private TimeSpan _refusalWindowStart = TimeSpan.MinValue / 2;
     private int _refusalsInWindow;
     private long _refusalsSuppressed;
+    private long _refusalsDroppedAtGate;
 
     public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners,
         RuntimeDirectory runtimeDirectory, ControlServer control, ILogger log)
@@ -100,6 +101,13 @@ internal sealed class SupervisorHost
         _queue.Add(e);
     }
 
+    /// <summary>For threads that must not wait (the control socket's): with the gate full, the refusal is only counted.</summary>
+    private void PostRefusalWithoutWaiting(string message)
+    {
+        if (_untrustedGate.Wait(0)) _queue.Add(new LoopEvent.Refusal(message));
+        else Interlocked.Increment(ref _refusalsDroppedAtGate);
+    }
+
     private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal;
 
     /// <summary>Runs until the machine says exit; returns the exit code.</summary>
@@ -109,7 +117,7 @@ internal sealed class SupervisorHost
         _notify.Start(d => PostUntrusted(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
         _handoff.Start(c => PostUntrusted(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
         RegisterSignals();
-        _control.Start(r => Post(new LoopEvent.Control(r)), m => PostUntrusted(new LoopEvent.Refusal(m)));
+        _control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting);
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
@@ -117,7 +125,11 @@ internal sealed class SupervisorHost
         while (exitCode is null)
         {
             var timeout = Timeout.InfiniteTimeSpan;
-            if (_machine.NextDeadline is { } deadline)
+            // The machine's next deadline, or the end of a refusal window with refusals left to report.
+            TimeSpan? next = _machine.NextDeadline;
+            if (_refusalsSuppressed > 0 && (next is null || _refusalWindowStart + RefusalWindow < next))
+                next = _refusalWindowStart + RefusalWindow;
+            if (next is { } deadline)
             {
                 var remaining = deadline - _machine.Now;
                 // Round up to whole milliseconds so the wait never ends just short of the deadline.
@@ -126,11 +138,19 @@ internal sealed class SupervisorHost
             if (_queue.TryTake(out var e, timeout))
                 exitCode = HandleSafely(e);
             exitCode ??= Execute(_machine.Tick());
+            ReportSuppressedRefusals();
         }
         foreach (var r in _signalRegistrations) r.Dispose();
         foreach (var (_, request) in _reloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
         while (_queue.TryTake(out var left))
-            if (left is LoopEvent.Control c) c.Request.Reply("FAILED the supervisor has exited");
+        {
+            switch (left)
+            {
+                case LoopEvent.Control c: c.Request.Reply("FAILED the supervisor has exited"); break;
+                case LoopEvent.Notify n: n.Datagram.Release(); break; // a waiting systemd-notify returns now
+                case LoopEvent.HandoffConnected h: h.Connection.Refuse("the supervisor has exited"); break;
+            }
+        }
         _watchdog?.Dispose();
         _systemd?.Dispose();
         return exitCode.Value;
@@ -479,15 +499,19 @@ internal sealed class SupervisorHost
             _refusalsSuppressed++;
             return;
         }
-        if (_refusalsSuppressed > 0)
-        {
-            _log.Warning("{Message} ({Count} more such messages were not logged)", message, _refusalsSuppressed);
-            _refusalsSuppressed = 0;
-        }
-        else
-        {
-            _log.Warning("{Message}", message);
-        }
+        _log.Warning("{Message}", message);
+    }
+
+    /// <summary>Once a window with refusals left out has passed, says how many (called every turn of the loop).</summary>
+    private void ReportSuppressedRefusals()
+    {
+        var dropped = Interlocked.Exchange(ref _refusalsDroppedAtGate, 0);
+        _refusalsSuppressed += dropped;
+        if (_refusalsSuppressed == 0 || _machine.Now - _refusalWindowStart < RefusalWindow) return;
+        _log.Warning("{Count} more refusals of the kind above were not logged in the last minute", _refusalsSuppressed);
+        _refusalsSuppressed = 0;
+        _refusalWindowStart = _machine.Now;
+        _refusalsInWindow = 0;
     }
 
     private List<string> BuildBaseEnvironment()

@@ -5,6 +5,10 @@
 // and restarts. Writes go into a bounded in-memory buffer that one thread drains with write(2). When the
 // buffer is full, whole lines are dropped (a line is never cut), counted, and reported with one line as soon
 // as stderr takes bytes again. The children's own output does not pass through here (see OutputRelay).
+//
+// The writer hands write(2) at most PIPE_BUF bytes ending at a line end where it can, so on a pipe the
+// supervisor's lines do not interleave with the children's output that the relay writes to the same fd. If
+// some other process set O_NONBLOCK on the shared stderr, EAGAIN is met with poll(POLLOUT), not data loss.
 
 using System.Text;
 using Mono.Unix.Native;
@@ -13,11 +17,13 @@ namespace GSupervisor.Daemon.Os;
 
 internal sealed unsafe class QueuedFdWriteStream : Stream
 {
+    private const int PipeBuf = 4096; // writes up to this size are atomic on a pipe
+
     private readonly int _fd;
     private readonly int _capacity;
     private readonly object _lock = new(); // Monitor.Wait/PulseAll need a plain object
     private readonly Queue<byte[]> _pending = new();
-    private int _pendingBytes;
+    private int _queuedBytes; // pending plus the chunk being written: what counts against the capacity
     private bool _writing;
     private bool _atLineStart = true;
     private bool _droppingLine;
@@ -30,7 +36,7 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
         new Thread(WriteLoop) { IsBackground = true, Name = $"log-writer-{fd}" }.Start();
     }
 
-    /// <summary>Lines dropped so far because the buffer was full.</summary>
+    /// <summary>Lines dropped so far because the buffer was full or stderr was gone.</summary>
     public long DroppedLines
     {
         get { lock (_lock) return _droppedLines; }
@@ -45,15 +51,15 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
         lock (_lock)
         {
             // Decide at the start of a line whether the whole line goes or stays, so a line is never cut.
-            if (_atLineStart) _droppingLine = _pendingBytes + buffer.Length > _capacity;
+            if (_atLineStart) _droppingLine = _queuedBytes + buffer.Length > _capacity;
             _atLineStart = endsLine;
             if (_droppingLine)
             {
-                if (endsLine) _droppedLines++;
+                _droppedLines += buffer.Count((byte)'\n');
                 return;
             }
             _pending.Enqueue(buffer.ToArray());
-            _pendingBytes += buffer.Length;
+            _queuedBytes += buffer.Length;
             Monitor.PulseAll(_lock);
         }
     }
@@ -64,7 +70,7 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
         var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         lock (_lock)
         {
-            while (_pendingBytes > 0 || _writing)
+            while (_pending.Count > 0 || _writing)
             {
                 var left = deadline - Environment.TickCount64;
                 if (left <= 0) return;
@@ -82,24 +88,23 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
             lock (_lock)
             {
                 while (_pending.Count == 0) Monitor.Wait(_lock);
-                // Everything pending in one write: fewer syscalls, and lines stay whole against the children's output.
-                chunk = new byte[_pendingBytes];
+                var size = _pending.Sum(p => p.Length);
+                chunk = new byte[size];
                 var at = 0;
                 while (_pending.TryDequeue(out var piece))
                 {
                     piece.CopyTo(chunk, at);
                     at += piece.Length;
                 }
-                _pendingBytes = 0;
                 _writing = true;
             }
-            WriteAll(chunk);
+            var unwritten = WriteAll(chunk);
             long drops;
             lock (_lock)
             {
-                _writing = false;
+                _droppedLines += unwritten.Count((byte)'\n');
+                _queuedBytes -= chunk.Length;
                 drops = _droppedLines;
-                Monitor.PulseAll(_lock);
             }
             if (drops > reportedDrops)
             {
@@ -107,21 +112,52 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
                     $"gsupervisor: {drops - reportedDrops} log lines dropped: stderr was not taking output fast enough\n"));
                 reportedDrops = drops;
             }
+            lock (_lock)
+            {
+                _writing = false;
+                Monitor.PulseAll(_lock);
+            }
         }
     }
 
-    private void WriteAll(byte[] bytes)
+    /// <summary>Writes <paramref name="bytes"/> in line-aligned pieces of at most PIPE_BUF; returns what could not be written.</summary>
+    private ReadOnlySpan<byte> WriteAll(byte[] bytes)
     {
+        var written = 0;
         fixed (byte* p = bytes)
         {
-            var written = 0;
             while (written < bytes.Length)
             {
-                var n = Syscall.write(_fd, p + written, (ulong)(bytes.Length - written));
-                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
-                if (n <= 0) return; // stderr closed: the log is lost, the supervisor goes on
-                written += (int)n;
+                var piece = Math.Min(PipeBuf, bytes.Length - written);
+                if (piece == PipeBuf)
+                {
+                    var lineEnd = bytes.AsSpan(written, piece).LastIndexOf((byte)'\n');
+                    if (lineEnd >= 0) piece = lineEnd + 1;
+                }
+                var n = Syscall.write(_fd, p + written, (ulong)piece);
+                if (n > 0)
+                {
+                    written += (int)n;
+                    continue;
+                }
+                var errno = n < 0 ? ErrorNumbers.Last : 0;
+                if (errno == ErrorNumbers.EINTR) continue;
+                if (errno == ErrorNumbers.EAGAIN && WaitWritable()) continue;
+                return bytes.AsSpan(written); // stderr closed or broken: the log is lost, the supervisor goes on
             }
+        }
+        return [];
+    }
+
+    /// <summary>Someone set O_NONBLOCK on our stderr: block in poll instead, as a blocking write would.</summary>
+    private bool WaitWritable()
+    {
+        var fds = new[] { new Pollfd { fd = _fd, events = PollEvents.POLLOUT } };
+        while (true)
+        {
+            var n = Syscall.poll(fds, 1, -1);
+            if (n > 0) return (fds[0].revents & (PollEvents.POLLERR | PollEvents.POLLHUP | PollEvents.POLLNVAL)) == 0;
+            if (n < 0 && ErrorNumbers.Last != ErrorNumbers.EINTR) return false;
         }
     }
 
