@@ -12,10 +12,17 @@ internal static partial class Faults
     public static void DieBySignal(int signal)
     {
         // The runtime handles SIGSEGV and SIGABRT itself; restore the default action first so the kernel ends us.
+        // And no core dump: a .NET core is hundreds of MB, slow to write under systemd-coredump or apport.
+        Prctl(PR_SET_DUMPABLE, 0);
         Signal(signal, 0);
         Kill(Environment.ProcessId, signal);
         Thread.Sleep(Timeout.Infinite); // the signal is on its way
     }
+
+    private const int PR_SET_DUMPABLE = 4;
+
+    [LibraryImport("libc", EntryPoint = "prctl")]
+    private static partial int Prctl(int option, nuint value);
 
     [LibraryImport("libc", EntryPoint = "signal")]
     private static partial nint Signal(int signal, nint handler);
@@ -26,6 +33,7 @@ internal static partial class Faults
     /// </summary>
     public static void FuzzSupervisorSockets(int count, int seed)
     {
+        Console.Error.WriteLine($"TestChild: fuzzing the supervisor's sockets with {count} messages, seed {seed}");
         var random = new Random(seed);
         var notify = Environment.GetEnvironmentVariable("NOTIFY_SOCKET");
         if (!string.IsNullOrEmpty(notify))

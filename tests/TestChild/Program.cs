@@ -6,7 +6,10 @@
 //   TestChild [--listeners fds|handoff] [--ready notify|handoff|never] [--ready-after DURATION-MS]
 //             [--exit-before-ready CODE] [--signal-before-ready SIGNUM] [--ignore-term]
 //             [--response-delay-ms N] [--crash-after-ready-ms N] [--crash-on-term-ms N]
-//             [--fuzz-sockets COUNT] [--args-file PATH]
+//             [--hold-responses-until PREFIX] [--fuzz-sockets COUNT] [--args-file PATH]
+//
+// --hold-responses-until PREFIX: each response waits until the file PREFIX.N exists (N: the generation), so a
+// test decides when a generation's in-flight requests complete.
 
 using System.Globalization;
 using System.Net.Sockets;
@@ -14,11 +17,17 @@ using System.Runtime.InteropServices;
 using System.Text;
 using GSupervisor.Client;
 
-// --args-file PATH: more arguments, read from a file at start, so a test can change how the next generation behaves.
+// --args-file PATH: more arguments, read from a file at start, so a test can change how the next generation
+// behaves; and from PATH.N for generation N only, so a fault can target one generation without a race.
 var argList = args.ToList();
 var argsFile = argList.IndexOf("--args-file");
-if (argsFile >= 0 && argsFile + 1 < argList.Count && File.Exists(argList[argsFile + 1]))
-    argList.AddRange(File.ReadAllText(argList[argsFile + 1]).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+if (argsFile >= 0 && argsFile + 1 < argList.Count)
+{
+    var path = argList[argsFile + 1];
+    foreach (var file in new[] { path, $"{path}.{Environment.GetEnvironmentVariable("GSUPERVISOR_GENERATION")}" })
+        if (File.Exists(file))
+            argList.AddRange(File.ReadAllText(file).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+}
 args = argList.ToArray();
 
 var options = new Dictionary<string, string>();
@@ -133,6 +142,8 @@ async Task Serve(Socket connection)
                 received.Append(Encoding.ASCII.GetString(buffer, 0, n));
             }
             if (responseDelay > TimeSpan.Zero) await Task.Delay(responseDelay);
+            if (options.TryGetValue("--hold-responses-until", out var holdPrefix))
+                while (!File.Exists($"{holdPrefix}.{generation}")) await Task.Delay(20); // the test releases the held requests
             var body = $"pid={pid} gen={generation}\n";
             var response = $"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n{body}";
             await connection.SendAsync(Encoding.ASCII.GetBytes(response));

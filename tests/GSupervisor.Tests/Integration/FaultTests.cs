@@ -61,6 +61,9 @@ public class FaultTests
 
         public void HealthyFromNowOn() => File.Delete(ArgsFile);
 
+        /// <summary>Arguments for generation <paramref name="generation"/> only (TestChild reads ARGS.N too).</summary>
+        public void OnlyGeneration(int generation, string args) => File.WriteAllText($"{ArgsFile}.{generation}", args);
+
         /// <summary>Lets the load run on a little, stops it and returns its failures.</summary>
         public IReadOnlyList<string> StopLoad()
         {
@@ -103,13 +106,13 @@ public class FaultTests
     [Test]
     public void New_child_that_never_becomes_ready_is_stopped_at_the_ready_timeout_and_no_request_fails()
     {
-        using var s = Serving.Start(["--ready-timeout", "1s"]);
+        using var s = Serving.Start(["--ready-timeout", "3s"]);
         s.NextGenerations("--ready never");
 
         var (code, _, stderr) = Verb.Run(["reload", "--wait", "--control", s.Supervisor.ControlPath]);
 
         Assert.That(code, Is.EqualTo(1));
-        Assert.That(stderr, Does.Match(@"generation 2 \(pid \d+\) sent no READY=1 within 1s"));
+        Assert.That(stderr, Does.Match(@"generation 2 \(pid \d+\) sent no READY=1 within 3s"));
         var secondPid = s.Supervisor.WaitForGenerationPid(2);
         s.Supervisor.WaitForLine($@"generation 2 \(pid {secondPid}\) exited");
         Assert.That(Native.IsAlive(secondPid), Is.False);
@@ -160,11 +163,10 @@ public class FaultTests
     public void New_child_that_crashes_right_after_ready_is_restarted_while_connections_queue()
     {
         using var s = Serving.Start([]);
-        s.NextGenerations("--crash-after-ready-ms 200");
+        s.OnlyGeneration(2, "--crash-after-ready-ms 200");
 
         s.Supervisor.Signal(SIGUSR2);
         s.Supervisor.WaitForLine(@"reload succeeded: generation 2");
-        s.HealthyFromNowOn();
         s.Supervisor.WaitForLine(@"generation 2 \(pid \d+\) exited unexpectedly with exit code 70");
         s.Supervisor.WaitForLine(@"restarting in 250ms \(attempt 1\)");
         s.Supervisor.WaitForLine(@"generation 3 \(pid \d+\) started to replace a crashed one");
@@ -230,11 +232,31 @@ public class FaultTests
         Assert.That(supervisor.Output, Does.Not.Contain("SIGKILL to its process group"), "the last generation stopped in order");
     }
 
+    [Test]
+    public void Stop_during_the_restart_wait_exits_at_once_without_another_start()
+    {
+        using var dir = new TempDirectory();
+        var argsFile = dir.File("args");
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--restart-delay", "5m", "--restart-max-delay", "5m",
+            .. Child("--args-file", argsFile)]);
+        var firstPid = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        Assert.That(Native.Kill(firstPid, SIGKILL), Is.EqualTo(0));
+        supervisor.WaitForLine(@"restarting in 5m \(attempt 1\)");
+
+        var clock = Stopwatch.StartNew();
+        Assert.That(Verb.Run(["stop", "--control", supervisor.ControlPath]).Code, Is.EqualTo(0));
+        Assert.That(supervisor.WaitForExit(Long), Is.EqualTo(0));
+        Assert.That(clock.Elapsed, Is.LessThan(TimeSpan.FromSeconds(10)), "no waiting out the restart delay");
+        Assert.That(supervisor.Output, Does.Not.Contain("generation 2"));
+    }
+
     // 6. A reload storm: 100 SIGUSR2 from a shell loop.
     [Test]
     public void Reload_storm_of_100_signals_spawns_at_most_two_generations_one_starting_at_a_time()
     {
         using var s = Serving.Start([]);
+        var after = s.Supervisor.LineCount;
         using (var storm = Process.Start("/bin/sh", ["-c", $"for i in $(seq 100); do kill -USR2 {s.Supervisor.Pid}; done"]))
         {
             try
@@ -248,7 +270,8 @@ public class FaultTests
             }
         }
 
-        // Settled: one generation, serving, nothing queued.
+        // Settled: the storm's first reload done, then one generation, serving, nothing queued.
+        s.Supervisor.WaitForLine("reload succeeded: generation 2 ", after: after);
         JsonElement status = default;
         Poll.Until(() =>
         {
@@ -281,12 +304,14 @@ public class FaultTests
         return most;
     }
 
-    // 7. A reload while an older generation still drains long requests.
+    // 7. A reload while an older generation still drains long requests. The test holds each generation's
+    // responses and releases them (TestChild --hold-responses-until), so the order of events is its own.
     [Test]
     public void Reload_while_an_old_generation_drains_long_requests_lets_both_drain_and_every_request_complete()
     {
         using var dir = new TempDirectory();
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--stop-timeout", "30s", .. Child("--response-delay-ms", "4000")]);
+        var release = dir.File("release");
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--stop-timeout", "2m", .. Child("--hold-responses-until", release)]);
         var port = supervisor.WaitForPort();
         var firstPid = supervisor.WaitForGenerationPid(1);
         supervisor.WaitForReady(1);
@@ -299,30 +324,32 @@ public class FaultTests
         var second = LongRequests(port, secondPid, [firstPid], 3);
         supervisor.Signal(SIGUSR2);
         supervisor.WaitForLine("reload succeeded: generation 3");
+        Assert.That(Draining(supervisor), Is.EquivalentTo(new[] { 1, 2 }), "both old generations drain at once");
 
-        using (var doc = JsonDocument.Parse(Verb.Run(["status", "--json", "--control", supervisor.ControlPath]).Stdout))
-        {
-            var draining = doc.RootElement.GetProperty("generations").EnumerateArray()
-                .Where(g => g.GetProperty("state").GetString() == "draining").Select(g => g.GetProperty("generation").GetInt32());
-            Assert.That(draining, Is.EquivalentTo(new[] { 1, 2 }), "both old generations drain at once");
-        }
-
-        Assert.That(Task.WaitAll([.. first, .. second], Long), Is.True, "the long requests finish");
+        // Generation 1's requests complete and it exits; generation 2 drains on, on its own.
+        File.WriteAllText($"{release}.1", "");
+        supervisor.WaitForLine($@"generation 1 \(pid {firstPid}\) exited with exit code 0");
+        Assert.That(Task.WaitAll(first.ToArray(), Long), Is.True);
         Assert.That(first.Select(t => t.Result), Is.All.EqualTo($"pid={firstPid} gen=1"));
+        Assert.That(Draining(supervisor), Is.EquivalentTo(new[] { 2 }));
+        Assert.That(second.Count(t => !t.IsCompleted), Is.GreaterThanOrEqualTo(3), "generation 2's requests are still in flight");
+
+        File.WriteAllText($"{release}.2", "");
+        supervisor.WaitForLine($@"generation 2 \(pid {secondPid}\) exited with exit code 0");
+        Assert.That(Task.WaitAll(second.ToArray(), Long), Is.True);
         Assert.That(second.Select(t => t.Result), Is.All.EqualTo($"pid={secondPid} gen=2").Or.EqualTo($"pid={firstPid} gen=1"));
-        Assert.That(second.Count(t => t.Result.EndsWith("gen=2", StringComparison.Ordinal)), Is.GreaterThanOrEqualTo(3));
-        var firstGone = $@"generation 1 \(pid {firstPid}\) exited with exit code 0";
-        var secondGone = $@"generation 2 \(pid {secondPid}\) exited with exit code 0";
-        supervisor.WaitForLine(firstGone);
-        supervisor.WaitForLine(secondGone);
         Assert.That(supervisor.Output, Does.Not.Contain("SIGKILL"), "each finished within its own deadline");
-        var lines = supervisor.Lines.ToList();
-        Assert.That(lines.FindIndex(l => Regex.IsMatch(l, firstGone)), Is.LessThan(lines.FindIndex(l => Regex.IsMatch(l, secondGone))),
-            "the older one, with the older requests, is done first");
+    }
+
+    private static int[] Draining(SupervisorProcess supervisor)
+    {
+        using var doc = JsonDocument.Parse(Verb.Run(["status", "--json", "--control", supervisor.ControlPath]).Stdout);
+        return doc.RootElement.GetProperty("generations").EnumerateArray()
+            .Where(g => g.GetProperty("state").GetString() == "draining").Select(g => g.GetProperty("generation").GetInt32()).ToArray();
     }
 
     /// <summary>
-    /// Sends slow requests until process <paramref name="pid"/> has accepted <paramref name="count"/> of them
+    /// Sends held requests until process <paramref name="pid"/> has accepted <paramref name="count"/> of them
     /// (any that <paramref name="others"/> accept instead are kept too); returns every request sent.
     /// </summary>
     private static List<Task<string>> LongRequests(int port, int pid, int[] others, int count)
@@ -449,7 +476,6 @@ public class FaultTests
             info.ArgumentList.Add(a);
         info.Environment["XDG_RUNTIME_DIR"] = runtime.Path;
         using var process = Process.Start(info)!;
-        var children = new HashSet<int>();
         try
         {
             Poll.Until(() => File.Exists(control) && ServingGeneration(control) == 1, Long, "generation 1 to serve");
@@ -459,7 +485,6 @@ public class FaultTests
                 Assert.That(Native.Kill(process.Id, SIGUSR2), Is.EqualTo(0));
                 var expected = generation;
                 Poll.Until(() => ServingGeneration(control) == expected, Long, $"generation {expected} to serve (stderr unread)");
-                children.UnionWith(Children(process.Id));
             }
             var stderr = process.StandardError.ReadToEndAsync();
             Assert.That(ControlRequest(control, "stop"), Does.StartWith("OK"));
@@ -472,8 +497,11 @@ public class FaultTests
         }
         finally
         {
-            if (!process.HasExited) process.Kill();
-            foreach (var child in children) Native.Kill(child, SIGKILL);
+            if (!process.HasExited)
+            {
+                foreach (var child in Children(process.Id)) Native.Kill(child, SIGKILL); // still its children: not reused pids
+                process.Kill();
+            }
         }
     }
 
@@ -503,8 +531,9 @@ public class FaultTests
             ? ["--pid", "--fork", "--mount-proc"]
             : ["--user", "--map-root-user", "--pid", "--fork", "--mount-proc"];
         // Each generation leaves an orphan behind: the subshell starts a sleep and exits, so the sleep's parent
-        // is gone and the kernel hands it to the namespace's init, the supervisor, which must reap it.
-        var command = $"(sleep 2 &); exec {Paths.TestChild}";
+        // is gone and the kernel hands it to the namespace's init, the supervisor. The test then ends the orphan,
+        // and the supervisor must reap it.
+        var command = $"(sleep 600 &); exec {Paths.TestChild}";
         // --kill-child: should unshare be killed (the harness's cleanup), its child, the supervisor, goes with it,
         // and with PID 1 the kernel ends the whole namespace. The pids in the log are the namespace's own, so the
         // harness must not kill them from out here.
@@ -516,9 +545,9 @@ public class FaultTests
         Poll.Until(() => Children(wrapper.Pid).Count == 1, Long, "unshare's child, the supervisor");
         var supervisor = Children(wrapper.Pid).Single();
 
-        // The orphaned sleep comes to the supervisor, exits, and is reaped: no zombie stays.
+        // The orphaned sleep comes to the supervisor; killed, it is reaped: no zombie stays.
         Poll.Until(() => Children(supervisor).Any(c => Comm(c) == "sleep"), Long, "the orphan to be handed to PID 1");
-        Poll.Until(() => Children(supervisor).All(c => Comm(c) != "sleep"), Long, "the orphan to be reaped");
+        EndOrphans(supervisor);
         Assert.That(Zombies(supervisor), Is.Empty);
 
         var caught = Convert.ToUInt64(File.ReadAllLines($"/proc/{supervisor}/status").Single(l => l.StartsWith("SigCgt:", StringComparison.Ordinal)).Split(':')[1].Trim(), 16);
@@ -538,10 +567,21 @@ public class FaultTests
         load.Stop();
         Assert.That(load.Failures, Is.Empty);
         Assert.That(load.GenerationsSeen, Does.Contain("4"));
-        Poll.Until(() => Zombies(supervisor).Count == 0 && Children(supervisor).All(c => Comm(c) != "sleep"), Long, "every orphan reaped");
+        // The orphans of generations 2 and 3 were in their process groups, ended with them; generation 4's lives.
+        Poll.Until(() => Children(supervisor).Any(c => Comm(c) == "sleep"), Long, "the orphan of generation 4");
+        EndOrphans(supervisor);
+        Assert.That(Zombies(supervisor), Is.Empty);
 
         Assert.That(Native.Kill(supervisor, SIGTERM), Is.EqualTo(0));
         Assert.That(wrapper.WaitForExit(Long), Is.EqualTo(0));
+    }
+
+    /// <summary>Kills the orphaned sleeps among the supervisor's children and waits until it has reaped them.</summary>
+    private static void EndOrphans(int supervisor)
+    {
+        var orphans = Children(supervisor).Where(c => Comm(c) == "sleep").ToList();
+        foreach (var orphan in orphans) Native.Kill(orphan, SIGKILL);
+        Poll.Until(() => orphans.All(o => !File.Exists($"/proc/{o}/stat")), Long, "the orphans to be reaped (gone, not zombies)");
     }
 
     private static string Comm(int pid)

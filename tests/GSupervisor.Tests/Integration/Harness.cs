@@ -42,6 +42,22 @@ internal static partial class Native
     [LibraryImport("libc", EntryPoint = "geteuid")]
     public static partial uint GetEffectiveUserId();
 
+    /// <summary>The start time of process <paramref name="pid"/> (clock ticks since boot), or null if it is gone.</summary>
+    public static ulong? StartTime(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            // Fields after the command (which may hold spaces) start at state, field 3; start time is field 22.
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return ulong.Parse(fields[22 - 3]);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
     public static bool IsAlive(int pid)
     {
         if (Kill(pid, 0) != 0) return false;
@@ -104,7 +120,7 @@ internal sealed partial class SupervisorProcess : IDisposable
     private readonly Process _process;
     private readonly List<string> _lines = [];
     private readonly object _lock = new(); // Monitor.Wait/PulseAll need a plain object
-    private readonly HashSet<int> _childPids = [];
+    private readonly Dictionary<int, ulong> _childPids = []; // pid -> its start time, so a reused pid is never killed
 
     private readonly string _runtimeDirectory;
     private readonly bool _childPidsAreOurs;
@@ -159,7 +175,8 @@ internal sealed partial class SupervisorProcess : IDisposable
         lock (_lock)
         {
             _lines.Add(line);
-            if (StartedLine().Match(line) is { Success: true } m) _childPids.Add(int.Parse(m.Groups[2].Value));
+            if (StartedLine().Match(line) is { Success: true } m && _childPidsAreOurs && Native.StartTime(int.Parse(m.Groups[2].Value)) is { } started)
+                _childPids[int.Parse(m.Groups[2].Value)] = started;
             Monitor.PulseAll(_lock);
         }
     }
@@ -217,7 +234,7 @@ internal sealed partial class SupervisorProcess : IDisposable
 
     public IReadOnlyCollection<int> ChildPids
     {
-        get { lock (_lock) return _childPids.ToList(); }
+        get { lock (_lock) return _childPids.Keys.ToList(); }
     }
 
     public void Dispose()
@@ -233,9 +250,13 @@ internal sealed partial class SupervisorProcess : IDisposable
         }
         finally
         {
-            // Pids logged inside another PID namespace are not ours to kill.
-            foreach (var pid in _childPidsAreOurs ? ChildPids : [])
+            // Only children still alive as the same process (same start time): a pid reused since is left alone.
+            // Pids logged inside another PID namespace are never recorded.
+            List<KeyValuePair<int, ulong>> children;
+            lock (_lock) children = _childPids.ToList();
+            foreach (var (pid, started) in children)
             {
+                if (Native.StartTime(pid) != started) continue;
                 Native.Kill(-pid, 9);
                 Native.Kill(pid, 9);
             }

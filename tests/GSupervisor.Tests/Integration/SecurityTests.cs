@@ -80,7 +80,9 @@ public class SecurityTests
     public void Garbage_from_a_child_on_the_notify_and_handoff_sockets_does_not_hurt_the_supervisor()
     {
         // Generation 1 sends thousands of random, broken and oversized messages before its real READY=1.
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child("--fuzz-sockets", "3000")]);
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.File("args.1"), "--fuzz-sockets 3000");
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child("--args-file", dir.File("args"))]);
         var port = supervisor.WaitForPort();
         supervisor.WaitForReady(1);
         Assert.That(Http.Get(port), Does.EndWith("gen=1"));
@@ -95,6 +97,16 @@ public class SecurityTests
         Assert.That(lines.Count(l => l.Contains("dropped a") || l.Contains("closed the handoff connection")), Is.InRange(1, 21),
             "refusals are logged, at a capped rate (20 a minute)");
         Assert.That(lines, Has.None.Contains("internal error"));
+    }
+
+    [Test]
+    public void No_READY_1_inside_garbage_counts()
+    {
+        // The fuzz holds READY=1 inside messages that are broken (a NUL, invalid UTF-8): none may count.
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--ready-timeout", "5s", .. Child("--fuzz-sockets", "2000", "--ready", "never")]);
+        supervisor.WaitForLine(@"generation 1 \(pid \d+\) sent no READY=1 within 5s");
+        Assert.That(supervisor.WaitForExit(Long), Is.EqualTo(1), "the first generation never became ready");
+        Assert.That(supervisor.Output, Does.Not.Contain("is ready"));
     }
 
     [Test]
@@ -137,8 +149,15 @@ public class SecurityTests
             while (!stop.IsCancellationRequested)
             {
                 using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                socket.Connect(new UnixDomainSocketEndPoint(environment["GSUPERVISOR_HANDOFF"]));
-                socket.Send("READY=1\n"u8);
+                try
+                {
+                    socket.Connect(new UnixDomainSocketEndPoint(environment["GSUPERVISOR_HANDOFF"]));
+                    socket.Send("READY=1\n"u8);
+                }
+                catch (SocketException)
+                {
+                    // refused and closed before our send: that is the supervisor doing its job
+                }
                 connections++;
             }
         }, TaskCreationOptions.LongRunning);
