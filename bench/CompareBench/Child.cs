@@ -249,6 +249,31 @@ internal static partial class Libc
 
     public static long ClockTicksPerSecond { get; } = Sysconf(_SC_CLK_TCK);
 
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [LibraryImport("libc", EntryPoint = "clock_gettime", SetLastError = true)]
+    private static partial int ClockGettime(int clock, out Timespec time);
+
+    /// <summary>
+    /// The bench places reloads on timeline.lua's axis by Stopwatch timestamps; that holds only while
+    /// Stopwatch reads CLOCK_MONOTONIC in nanoseconds, as it does on Linux. Checked, not assumed.
+    /// </summary>
+    public static void CheckStopwatchIsMonotonicClock()
+    {
+        const int CLOCK_MONOTONIC = 1;
+        if (ClockGettime(CLOCK_MONOTONIC, out var now) != 0)
+            throw new BenchException($"clock_gettime failed: errno {Marshal.GetLastPInvokeError()}");
+        var stopwatch = Stopwatch.GetTimestamp();
+        var monotonic = now.Seconds * 1_000_000_000 + now.Nanoseconds;
+        if (Stopwatch.Frequency != 1_000_000_000 || Math.Abs(stopwatch - monotonic) > 10_000_000)
+            throw new BenchException($"Stopwatch ({stopwatch} at {Stopwatch.Frequency}/s) is not CLOCK_MONOTONIC ({monotonic} ns); the timeline cannot be matched");
+    }
+
     /// <summary>User plus system CPU time of a live process, in seconds (/proc/PID/stat).</summary>
     public static double CpuSeconds(int pid)
     {

@@ -25,6 +25,8 @@ internal sealed record ThroughputFigures(IReadOnlyList<(double Direct, double Su
 
     public double Min => Pairs.Min(p => p.Supervised / p.Direct);
     public double Max => Pairs.Max(p => p.Supervised / p.Direct);
+    public double Direct => Pairs.Sum(p => p.Direct) / Pairs.Count;
+    public double Supervised => Pairs.Sum(p => p.Supervised) / Pairs.Count;
 
     private static double Median(IEnumerable<double> values)
     {
@@ -64,7 +66,7 @@ internal static class OwnFigures
         await supervisor.WaitForLineAsync(@"generation 1 \(pid \d+\) is ready", 0, StepTimeout, token);
         await Net.PollUntilAnswersAsync(directPort, direct.Pid, direct, token);
 
-        var warmUp = TimeSpan.FromSeconds(3); // JIT warm-up of both, not measured
+        var warmUp = TimeSpan.FromSeconds(5); // JIT warm-up of both, not measured
         await Wrk.RunPlainAsync(directPort, warmUp, paths.Log("throughput-warmup-direct"), token);
         await Wrk.RunPlainAsync(supervisedPort, warmUp, paths.Log("throughput-warmup-supervised"), token);
         var pairs = new List<(double, double)>();

@@ -8,11 +8,16 @@
 // timelines stay in out/bench/.
 //
 //   dotnet bench/CompareBench/bin/Release/net10.0/CompareBench.dll [--reloads 10] [--interval 4]
-//       [--warm-up 3] [--idle 60] [--throughput-seconds 4] [--only KEY,KEY] [--out out/bench] [--results bench/results] [--no-readme]
+//       [--warm-up 3] [--idle 60] [--throughput-seconds 2] [--only KEY,KEY] [--out out/bench] [--results bench/results]
+//       [--no-readme] [--report-only]
+//
+// Everything measured is also kept in out/bench/findings.json (with the timelines beside it);
+// --report-only writes the report again from there without measuring.
 
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
+using System.Text.Json;
 using CompareBench;
 
 Options options;
@@ -48,19 +53,12 @@ void Say(string line) => Console.WriteLine($"[{clock.Elapsed:mm\\:ss}] {line}");
 
 try
 {
-    foreach (var file in new[] { paths.GSupervisor, paths.HelloKestrel, paths.StockKestrel, paths.Script })
-        if (!File.Exists(file)) throw new BenchException($"{file} is missing: run make build first");
-    if (Directory.Exists(paths.OutDirectory)) Directory.Delete(paths.OutDirectory, recursive: true);
-    Directory.CreateDirectory(paths.OutDirectory);
-    var machine = Machine.Describe();
-    Say($"gsupervisor bench: {options.Reloads} reloads every {options.Interval} s per strategy and workload; {machine.Cores} cores, load average {machine.LoadAverage}");
-
     var workloads = new[]
     {
         new Workload("keepalive", "keep-alive, 50 connections", "keep-alive", 50, ConnectionClose: false),
         new Workload("close", "`Connection: close`, 50 connections", "`Connection: close`", 50, ConnectionClose: true),
     };
-    Strategy[] Strategies() =>
+    Strategy[] strategies =
     [
         new GSupervisorStrategy(paths, clientLibrary: true),
         new GSupervisorStrategy(paths, clientLibrary: false),
@@ -68,31 +66,61 @@ try
         new ScriptedStrategy(paths, reusePort: false),
         new ScriptedStrategy(paths, reusePort: true),
     ];
-
-    var startup = await OwnFigures.StartupAsync(paths, 5, token);
-    Say($"gsupervisor start-up to first child spawn: {startup.Median:F0} ms (median of {startup.Samples.Count})");
-    var throughput = await OwnFigures.DirectVsSupervisedAsync(paths, rounds: 6, TimeSpan.FromSeconds(options.ThroughputSeconds), token);
-    Say($"HelloKestrel under gsupervisor / direct: {throughput.Ratio:F3} ({string.Join(", ", throughput.Pairs.Select(p => $"{p.Supervised:F0}/{p.Direct:F0}"))} req/s)");
-
-    var runs = new List<RunResult>();
-    foreach (var workload in workloads)
-    foreach (var strategy in Strategies().Where(s => options.Only is null || options.Only.Contains(s.Key)))
+    var findingsPath = Path.Combine(paths.OutDirectory, "findings.json");
+    Findings findings;
+    if (options.ReportOnly)
     {
-        var run = await Runner.RunAsync(strategy, workload, options, paths, token);
-        runs.Add(run);
-        Say($"{workload.Key,-9} {strategy.Label,-44} {run.Stats.Requests,9:N0} requests, {run.Stats.Failed,7:N0} failed, " +
-            $"p99 {run.Stats.P99:F1} ms ({run.Stats.WindowP99:F1} in reloads), old gone after {run.Stats.OldGoneMedianMs:F0} ms");
+        if (!File.Exists(findingsPath)) throw new BenchException($"{findingsPath} is missing: run the bench first");
+        findings = Findings.Load(findingsPath);
+        Say($"report from {Path.GetRelativePath(root, findingsPath)} ({findings.Finished:yyyy-MM-dd HH:mm} UTC)");
+    }
+    else
+    {
+        findings = await MeasureAsync();
+        findings.Save(findingsPath);
     }
 
-    var idle = await OwnFigures.IdleAsync(paths, TimeSpan.FromSeconds(options.IdleSeconds), token);
-    Say($"gsupervisor idle: {idle.CpuSeconds:F2} s CPU over {idle.Seconds:F0} s, RSS {idle.RssMiB:F1} MiB");
-
-    var elapsed = clock.Elapsed;
-    var report = new Report(options, paths, machine, workloads, runs, startup, throughput, idle, elapsed);
+    var runs = findings.Runs.Select(r => new RunResult(strategies.Single(s => s.Key == r.Strategy), workloads.Single(w => w.Key == r.Workload),
+        Timeline.Read(Runner.TimelinePath(paths, r.Workload, r.Strategy)), r.Wrk, r.LoadStart, r.SpanStart, r.SpanEnd, r.Reloads, r.Supervisor)).ToList();
+    var report = new Report(findings with { Options = findings.Options with { UpdateReadme = options.UpdateReadme } }, paths, workloads, runs);
     report.Write();
     Say($"wrote {Path.GetRelativePath(root, report.MarkdownPath)} and {Path.GetRelativePath(root, report.PicturePath)}" +
         (report.ReadmeUpdated ? "; README.md's table updated" : ""));
     return 0;
+
+    async Task<Findings> MeasureAsync()
+    {
+        foreach (var file in new[] { paths.GSupervisor, paths.HelloKestrel, paths.StockKestrel, paths.Script })
+            if (!File.Exists(file)) throw new BenchException($"{file} is missing: run make build first");
+        if (options.Only?.Except(strategies.Select(s => s.Key)).FirstOrDefault() is { } unknown)
+            throw new BenchException($"--only: no strategy '{unknown}' (there are {string.Join(", ", strategies.Select(s => s.Key))})");
+        Libc.CheckStopwatchIsMonotonicClock();
+        Directory.CreateDirectory(paths.OutDirectory);
+        foreach (var previous in new[] { "logs", "timelines", "plot", "control" }.Select(d => Path.Combine(paths.OutDirectory, d)).Where(Directory.Exists))
+            Directory.Delete(previous, recursive: true);
+        File.Delete(findingsPath);
+        var machine = Machine.Describe();
+        Say($"gsupervisor bench: {options.Reloads} reloads every {options.Interval} s per strategy and workload; {machine.Cores} cores, load average {machine.LoadAverage}");
+
+        var startup = await OwnFigures.StartupAsync(paths, 5, token);
+        Say($"gsupervisor start-up to first child spawn: {startup.Median:F0} ms (median of {startup.Samples.Count})");
+        var throughput = await OwnFigures.DirectVsSupervisedAsync(paths, rounds: 12, TimeSpan.FromSeconds(options.ThroughputSeconds), token);
+        Say($"HelloKestrel under gsupervisor / direct: {throughput.Ratio:F3} (median of {throughput.Pairs.Count} rounds; range {throughput.Min:F2}-{throughput.Max:F2})");
+
+        var saved = new List<SavedRun>();
+        foreach (var workload in workloads)
+        foreach (var strategy in strategies.Where(s => options.Only is null || options.Only.Contains(s.Key)))
+        {
+            var run = await Runner.RunAsync(strategy, workload, options, paths, token);
+            saved.Add(new SavedRun(strategy.Key, workload.Key, run.Wrk, run.LoadStart, run.SpanStart, run.SpanEnd, run.Reloads, run.Supervisor));
+            Say($"{workload.Key,-9} {strategy.Label,-44} {run.Stats.Requests,9:N0} requests, {run.Stats.Failed,7:N0} failed, " +
+                $"p99 {run.Stats.P99:F1} ms ({run.Stats.WindowP99:F1} in reloads), old gone after {run.Stats.OldGoneMedianMs:F0} ms");
+        }
+
+        var idle = await OwnFigures.IdleAsync(paths, TimeSpan.FromSeconds(options.IdleSeconds), token);
+        Say($"gsupervisor idle: {idle.CpuSeconds:F2} s CPU over {idle.Seconds:F0} s, RSS {idle.RssMiB:F1} MiB");
+        return new Findings(options, machine, DateTime.UtcNow, Machine.CurrentLoadAverage(), clock.Elapsed.TotalSeconds, startup, throughput, idle, saved);
+    }
 }
 catch (OperationCanceledException) when (token.IsCancellationRequested)
 {
@@ -109,12 +137,44 @@ finally
     await Child.StopAllAsync(TimeSpan.FromSeconds(45));
 }
 
+/// <summary>Where the binaries are, and where logs go.</summary>
+internal sealed record Paths(string Root, string GSupervisor, string HelloKestrel, string StockKestrel, string Script, string OutDirectory, string ResultsDirectory)
+{
+    public string Log(string name) => Path.Combine(OutDirectory, "logs", name + ".log");
+
+    /// <summary>
+    /// gsupervisor's arguments to start with: its own control socket, so it never meets another gsupervisor
+    /// on this machine at the default path.
+    /// </summary>
+    public string[] Control(string name)
+    {
+        Directory.CreateDirectory(Path.Combine(OutDirectory, "control"));
+        return ["--control", Path.Combine(OutDirectory, "control", name + ".sock")];
+    }
+}
+
+/// <summary>Everything a run measured, kept in out/bench/findings.json so that --report-only can write the report again.</summary>
+internal sealed record Findings(Options Options, Machine Machine, DateTime Finished, string EndLoadAverage, double ElapsedSeconds,
+    StartupFigures Startup, ThroughputFigures Throughput, IdleFigures Idle, IReadOnlyList<SavedRun> Runs)
+{
+    private static readonly JsonSerializerOptions Json = new() { IncludeFields = true, WriteIndented = true };
+
+    public void Save(string path) => File.WriteAllText(path, JsonSerializer.Serialize(this, Json));
+
+    public static Findings Load(string path) =>
+        JsonSerializer.Deserialize<Findings>(File.ReadAllText(path), Json) ?? throw new BenchException($"{path} is empty");
+}
+
+/// <summary>One run's measurements; its timeline stays in out/bench/timelines/.</summary>
+internal sealed record SavedRun(string Strategy, string Workload, WrkSummary Wrk, long LoadStart, long SpanStart, long SpanEnd,
+    IReadOnlyList<ReloadTiming> Reloads, SupervisorFigures? Supervisor);
+
 internal sealed record Options(int Reloads, double Interval, double WarmUp, int IdleSeconds, double ThroughputSeconds, string Config, string OutDirectory,
-    string ResultsDirectory, HashSet<string>? Only, bool UpdateReadme)
+    string ResultsDirectory, HashSet<string>? Only, bool UpdateReadme, bool ReportOnly)
 {
     public static Options Parse(string[] args)
     {
-        var o = new Options(10, 4, 3, 60, 4, "Release", "out/bench", "bench/results", null, true);
+        var o = new Options(10, 4, 3, 60, 2, "Release", "out/bench", "bench/results", null, true, false);
         for (var i = 0; i < args.Length; i++)
         {
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -131,6 +191,7 @@ internal sealed record Options(int Reloads, double Interval, double WarmUp, int 
                 "--results" => o with { ResultsDirectory = Value() },
                 "--only" => o with { Only = [.. Value().Split(',')] },
                 "--no-readme" => o with { UpdateReadme = false },
+                "--report-only" => o with { ReportOnly = true },
                 _ => throw new ArgumentException($"unknown option {args[i]}"),
             };
         }

@@ -12,17 +12,23 @@ using System.Text;
 
 namespace CompareBench;
 
-internal sealed class Report(Options options, Paths paths, Machine machine, IReadOnlyList<Workload> workloads, IReadOnlyList<RunResult> runs,
-    StartupFigures startup, ThroughputFigures throughput, IdleFigures idle, TimeSpan elapsed)
+internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workload> workloads, IReadOnlyList<RunResult> runs)
 {
+    private readonly Options _options = findings.Options;
+    private readonly Machine _machine = findings.Machine;
+    private readonly StartupFigures _startup = findings.Startup;
+    private readonly ThroughputFigures _throughput = findings.Throughput;
+    private readonly IdleFigures _idle = findings.Idle;
+    private readonly TimeSpan _elapsed = TimeSpan.FromSeconds(findings.ElapsedSeconds);
+    private readonly DateTime _finished = findings.Finished;
+    private readonly string _endLoad = findings.EndLoadAverage;
+
     public const string ReadmeBegin = "<!-- bench:begin (written by make bench from bench/results/latest.md; do not edit) -->";
     public const string ReadmeEnd = "<!-- bench:end -->";
 
     /// <summary>Each strategy keeps its color and point type in the picture, whichever ran.</summary>
     private static readonly string[] StrategyOrder = ["gsupervisor-hello", "gsupervisor-stock", "server-starter", "restart", "reuseport"];
     private static readonly string[] Colors = ["#1a9850", "#4575b4", "#e08214", "#d73027", "#8856a7", "#555555"];
-    private readonly DateTime _finished = DateTime.UtcNow;
-    private readonly string _endLoad = Machine.CurrentLoadAverage();
 
     public string MarkdownPath => Path.Combine(paths.ResultsDirectory, "latest.md");
     public string PicturePath => Path.Combine(paths.ResultsDirectory, "latest.png");
@@ -33,7 +39,7 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
         Directory.CreateDirectory(paths.ResultsDirectory);
         Plot();
         File.WriteAllText(MarkdownPath, Markdown());
-        if (options.UpdateReadme) ReadmeUpdated = UpdateReadme(Path.Combine(paths.Root, "README.md"));
+        if (_options.UpdateReadme) ReadmeUpdated = UpdateReadme(Path.Combine(paths.Root, "README.md"));
     }
 
     private static string F(double value, string format) =>
@@ -50,7 +56,7 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
         var md = new StringBuilder();
         md.AppendLine("# gsupervisor against the alternatives: what a reload costs");
         md.AppendLine();
-        md.AppendLine($"Written by `make bench` (bench/CompareBench) on {_finished:yyyy-MM-dd HH:mm} UTC; the whole run took {Duration(elapsed)}. " +
+        md.AppendLine($"Written by `make bench` (bench/CompareBench) on {_finished:yyyy-MM-dd HH:mm} UTC; the whole run took {Duration(_elapsed)}. " +
             "Every figure comes from that one run: the same app, the same load and the same machine for every strategy, one after the other. " +
             "The machine is shared and noisy, so compare the strategies with each other, not with another run.");
         md.AppendLine();
@@ -58,7 +64,7 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
         md.AppendLine();
         foreach (var workload in workloads)
         {
-            md.AppendLine($"## {Capitalize(workload.Label)} (wrk, {options.Reloads} reloads {F(options.Interval, "0.#")} s apart)");
+            md.AppendLine($"## {Capitalize(workload.Label)} (wrk, {_options.Reloads} reloads {F(_options.Interval, "0.#")} s apart)");
             md.AppendLine();
             md.Append(MainTable(workload));
             md.AppendLine();
@@ -68,14 +74,14 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
         md.AppendLine();
         md.AppendLine("| figure | value | how |");
         md.AppendLine("| --- | ---: | --- |");
-        md.AppendLine($"| HelloKestrel's throughput under gsupervisor ÷ run directly | **{F(throughput.Ratio, "0.000")}** | " +
-            $"plain `wrk -t 2 -c 50` keep-alive on the same app, {throughput.Pairs.Count} rounds of {throughput.Each.TotalSeconds:F0} s each way in ABBA order after a 3 s warm-up of each; " +
-            $"the median of the rounds' ratios (range {F(throughput.Min, "0.00")}–{F(throughput.Max, "0.00")}); req/s supervised / direct: " +
-            string.Join(", ", throughput.Pairs.Select(p => $"{p.Supervised:F0} / {p.Direct:F0}")) + " |");
-        md.AppendLine($"| start-up to first child spawn | {F(startup.Median, "0")} ms | from starting `gsupervisor` (the framework-dependent build of `make build`) to its `generation 1 (pid P) started` line; median of {startup.Samples.Count} (" +
-            string.Join(", ", startup.Samples.Select(s => F(s, "0"))) + " ms) |");
-        md.AppendLine($"| idle CPU | {F(idle.CpuSeconds, "0.00")} s over {F(idle.Seconds, "0")} s | user + system time of the gsupervisor process (/proc/PID/stat) with one idle HelloKestrel child, nothing else running in the bench |");
-        md.AppendLine($"| RSS | {F(idle.RssMiB, "0.0")} MiB | VmRSS of the gsupervisor process at the end of that quiet minute |");
+        md.AppendLine($"| HelloKestrel's throughput under gsupervisor ÷ run directly | **{F(_throughput.Ratio, "0.00")}** | " +
+            $"plain `wrk -t 2 -c 50` keep-alive on the same app, run directly (`--urls`) and under gsupervisor, both up at once; after a 5 s warm-up of each, " +
+            $"{_throughput.Pairs.Count} rounds of {_throughput.Each.TotalSeconds:F0} s each way in ABBA order; the median of the rounds' ratios (range {F(_throughput.Min, "0.00")}–{F(_throughput.Max, "0.00")}; " +
+            $"mean {_throughput.Supervised:N0} req/s supervised, {_throughput.Direct:N0} direct) |");
+        md.AppendLine($"| start-up to first child spawn | {F(_startup.Median, "0")} ms | from starting `gsupervisor` (the framework-dependent build of `make build`) to its `generation 1 (pid P) started` line; median of {_startup.Samples.Count} (" +
+            string.Join(", ", _startup.Samples.Select(s => F(s, "0"))) + " ms) |");
+        md.AppendLine($"| idle CPU | {F(_idle.CpuSeconds, "0.00")} s over {F(_idle.Seconds, "0")} s | user + system time of the gsupervisor process (/proc/PID/stat) with one idle HelloKestrel child, nothing else running in the bench |");
+        md.AppendLine($"| RSS | {F(_idle.RssMiB, "0.0")} MiB | VmRSS of the gsupervisor process at the end of that quiet minute |");
         md.AppendLine();
 
         md.AppendLine("## Where the failures come from");
@@ -98,11 +104,11 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
 
         md.AppendLine("## How it was run");
         md.AppendLine();
-        md.AppendLine($"- Machine: {machine.Cores} cores ({machine.Cpu}), {machine.MemoryGiB:F0} GiB, {machine.Os}, Linux {machine.Kernel}; " +
-            $"{machine.Runtime} (SDK {machine.Sdk}); {machine.Wrk}; Server::Starter {machine.ServerStarter.Replace("start_server version ", "", StringComparison.Ordinal)} (Debian's `start_server`); {machine.Gnuplot}. " +
-            $"Load average {machine.LoadAverage} at the start, {_endLoad} at the end (other jobs share this machine).");
+        md.AppendLine($"- Machine: {_machine.Cores} cores ({_machine.Cpu}), {_machine.MemoryGiB:F0} GiB, {_machine.Os}, Linux {_machine.Kernel}; " +
+            $"{_machine.Runtime} (SDK {_machine.Sdk}); {_machine.Wrk}; Server::Starter {_machine.ServerStarter.Replace("start_server version ", "", StringComparison.Ordinal)} (Debian's `start_server`); {_machine.Gnuplot}. " +
+            $"Load average {_machine.LoadAverage} at the start, {_endLoad} at the end (other jobs share this machine).");
         md.AppendLine("- Command: `make bench` — installs wrk, libserver-starter-perl and gnuplot-nox from Debian if missing, runs `make build`, then " +
-            $"`dotnet bench/CompareBench/bin/Release/net10.0/CompareBench.dll --reloads {options.Reloads} --interval {F(options.Interval, "0.#")}`. Logs, wrk output and the raw timelines are left in out/bench/.");
+            $"`dotnet bench/CompareBench/bin/Release/net10.0/CompareBench.dll --reloads {_options.Reloads} --interval {F(_options.Interval, "0.#")}`. Logs, wrk output and the raw timelines are left in out/bench/.");
         md.AppendLine("- Everything listens on and is loaded over 127.0.0.1, on a port picked free at run time. Every server answers `GET /` with the same short body, `pid=P gen=G`.");
         md.AppendLine();
         md.AppendLine("| strategy | run as | reload |");
@@ -118,14 +124,15 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
             $"(`--ready delay:{Strategy.ReadyDelaySeconds}s`; `--interval={Strategy.ReadyDelaySeconds}`, start_server's minimum being whole seconds) before stopping the old process. " +
             "The restart and overlap strategies are driven by the bench as a careful deploy script would: it polls the port every 20 ms with a fresh connection until the new process " +
             "(recognised by the pid in the answer) answers. HelloKestrel reports `READY=1` itself (`--ready notify`).");
-        md.AppendLine($"- Load: wrk with timeline.lua (bench/CompareBench), `wrk -t 50 -c 50 --timeout 10s -s timeline.lua` (plus `-H \"Connection: close\"` for the second load): " +
+        md.AppendLine($"- Load: wrk with timeline.lua (bench/CompareBench), `wrk -t 50 -c 50 -d 900s --timeout 10s -s timeline.lua URL` (plus `-H \"Connection: close\"` for the second load), stopped by the bench with SIGINT at the end of the run: " +
             "one connection per wrk thread, each sending its next request as soon as the last one is answered, so the script can time every request and see every request that got no answer. " +
             "After a failed request a connection pauses 10 ms before its next one, as a client backs off (without it wrk retries a refused connection at once, " +
             "tens of thousands of times a second, and that busy loop starved the restarting server for seconds). While nothing listens, each connection fails about 100 times a second, " +
             "so a failure count there measures the outage times the client's retry rate; the longest-silence column measures the outage itself.");
-        md.AppendLine($"- Schedule: wrk starts (time 0); {F(options.WarmUp, "0.#")} s of warm-up; reload k is requested at {F(options.WarmUp, "0.#")} s + (k−1) × {F(options.Interval, "0.#")} s " +
-            $"(or as soon as reload k−1 is complete, if later); the run ends {F(options.Interval, "0.#")} s after the last reload was due (at least 1 s after it completed). " +
-            "The figures count from the end of the warm-up to the end of the run.");
+        md.AppendLine($"- Schedule: wrk starts (time 0); {F(_options.WarmUp, "0.#")} s of warm-up; reload k is requested at {F(_options.WarmUp, "0.#")} s + (k−1) × {F(_options.Interval, "0.#")} s " +
+            $"(or as soon as reload k−1 is complete, if later); the run ends {F(_options.Interval, "0.#")} s after the last reload was due (at least 1 s after it completed). " +
+            "The figures count from the end of the warm-up to the end of the run. The runs go in the order of the tables, all strategies under keep-alive and then all under `Connection: close`; " +
+            "before them the start-up and throughput measurements, after them the idle minute.");
         md.AppendLine("- A reload window runs from the reload request until the old process is gone and the new one serves, whichever is later (for restart, the new one serves last). " +
             "Figures inside reload windows are taken over the 100 ms buckets the windows touch.");
         md.AppendLine();
@@ -166,7 +173,7 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
     {
         var md = new StringBuilder();
         md.AppendLine(ReadmeBegin);
-        md.AppendLine($"Measured by `make bench` on {_finished:yyyy-MM-dd} ({machine.Cores} cores, loopback, {options.Reloads} reloads per row under wrk with 50 connections; " +
+        md.AppendLine($"Measured by `make bench` on {_finished:yyyy-MM-dd} ({_machine.Cores} cores, loopback, {_options.Reloads} reloads per row under wrk with 50 connections; " +
             "full tables, definitions and commands in [bench/results/latest.md](bench/results/latest.md)):");
         md.AppendLine();
         md.AppendLine("| strategy | load | requests | failed | p99 ms in reloads | max ms in reloads | longest silence ms | reload → old gone ms | supervisor RSS MiB / CPU s |");
@@ -180,8 +187,9 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
                 (sup is null ? "n/a |" : $"{F(sup.RssMiB, "0.0")} / {F(sup.CpuSeconds, "0.00")} |"));
         }
         md.AppendLine();
-        md.AppendLine($"HelloKestrel serves {F(throughput.Ratio, "0.000")} times as many requests per second under gsupervisor as run directly (the supervisor is not in the data path). " +
-            $"gsupervisor spawns its first child {F(startup.Median, "0")} ms after it is started and used {F(idle.CpuSeconds, "0.00")} s of CPU over {F(idle.Seconds, "0")} idle seconds, at {F(idle.RssMiB, "0.0")} MiB RSS.");
+        md.AppendLine($"HelloKestrel's throughput under gsupervisor ÷ run directly: {F(_throughput.Ratio, "0.00")} (median of {_throughput.Pairs.Count} alternating rounds, " +
+            $"range {F(_throughput.Min, "0.00")}–{F(_throughput.Max, "0.00")}; the supervisor is not in the data path). " +
+            $"gsupervisor spawns its first child {F(_startup.Median, "0")} ms after it is started and used {F(_idle.CpuSeconds, "0.00")} s of CPU over {F(_idle.Seconds, "0")} idle seconds, at {F(_idle.RssMiB, "0.0")} MiB RSS.");
         md.AppendLine();
         md.AppendLine("![answered and failed requests per second over time during the reloads, one line per strategy](bench/results/latest.png)");
         md.Append(ReadmeEnd);
@@ -198,17 +206,20 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
         return true;
     }
 
+    /// <summary>
+    /// Small multiples: one row per strategy, one column per workload. Each panel has the strategy's 2xx
+    /// answers per second per 100 ms (line, left axis, the same scale in every panel), its failed requests
+    /// per second (points, right axis, log scale) and its reload requests (dashed).
+    /// </summary>
     private void Plot()
     {
         var dir = Path.Combine(paths.OutDirectory, "plot");
         Directory.CreateDirectory(dir);
-        const int Aggregate = 2; // 100 ms buckets per plotted point
-        var strategies = runs.Select(r => r.Strategy).DistinctBy(s => s.Key).ToList();
-        int IndexOf(Strategy strategy) => Array.IndexOf(StrategyOrder, strategy.Key) is var i and >= 0 ? i : StrategyOrder.Length;
-        var pointTypes = new[] { 7, 5, 9, 11, 13, 3 };
+        var strategies = runs.Select(r => r.Strategy).DistinctBy(s => s.Key).OrderBy(IndexOf).ToList();
+        var scale = 1e6 / Timeline.BucketMicroseconds;
 
-        // data: per run, 2xx answers/s and failed requests/s per 200 ms (failures only where there were any)
-        var maxRate = 0.0;
+        var maxRate = workloads.ToDictionary(w => w, _ => 0.0);
+        var maxFailures = 1.0;
         var files = new Dictionary<RunResult, (string Rate, string Failures)>();
         foreach (var run in runs)
         {
@@ -216,20 +227,16 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
             var failures = new StringBuilder();
             var first = Timeline.BucketOf(run.LoadStart);
             var last = Timeline.BucketOf(run.SpanEnd) - 1;
-            var scale = 1e6 / (Aggregate * Timeline.BucketMicroseconds);
-            for (var b = first; b + Aggregate - 1 <= last; b += Aggregate)
+            for (var b = first; b <= last; b++)
             {
-                long ok = 0, failed = 0;
-                for (var i = b; i < b + Aggregate; i++)
-                    if (run.Timeline.Buckets.TryGetValue(i, out var bucket))
-                    {
-                        ok += bucket.Ok;
-                        failed += bucket.Failed + bucket.Other;
-                    }
-                var t = (b - first + Aggregate / 2.0) * Timeline.BucketMicroseconds / 1e6;
-                rate.AppendLine($"{F(t, "0.00")} {F(ok * scale, "0")}");
-                maxRate = Math.Max(maxRate, ok * scale);
-                if (failed > 0) failures.AppendLine($"{F(t, "0.00")} {F(failed * scale, "0")}");
+                var bucket = run.Timeline.Buckets.GetValueOrDefault(b);
+                var t = (b - first + 0.5) * Timeline.BucketMicroseconds / 1e6;
+                var ok = (bucket?.Ok ?? 0) * scale;
+                var failed = ((bucket?.Failed ?? 0) + (bucket?.Other ?? 0)) * scale;
+                rate.AppendLine($"{F(t, "0.00")} {F(ok, "0")}");
+                maxRate[run.Workload] = Math.Max(maxRate[run.Workload], ok);
+                maxFailures = Math.Max(maxFailures, failed);
+                if (failed > 0) failures.AppendLine($"{F(t, "0.00")} {F(failed, "0")}");
             }
             var name = Path.Combine(dir, $"{run.Workload.Key}-{run.Strategy.Key}");
             File.WriteAllText(name + ".rate", rate.ToString());
@@ -239,71 +246,74 @@ internal sealed class Report(Options options, Paths paths, Machine machine, IRea
 
         string Quote(string s) => s.Replace("'", "''", StringComparison.Ordinal);
         string Plain(string s) => Quote(s.Replace("`", "", StringComparison.Ordinal));
-        string Marks(Workload workload)
-        {
-            var marks = new StringBuilder("unset arrow\n");
-            var n = 1;
-            foreach (var run in RunsOf(workload))
-            foreach (var reload in run.Reloads)
-            {
-                var x = F(run.Seconds(reload.RequestedAt), "0.00");
-                marks.AppendLine($"set arrow {n++} from {x}, graph 0 to {x}, graph 1 nohead lc rgb '#999999' dt 2 lw 1 back");
-            }
-            return marks.ToString();
-        }
+        string Number(double value) => F(value, "0.####");
 
+        const int Width = 1600, RowPixels = 250, TopPixels = 115, BottomPixels = 55;
+        var height = RowPixels * strategies.Count + TopPixels + BottomPixels;
+        var top = 1 - (double)TopPixels / height;
+        var bottom = (double)BottomPixels / height;
+        const double Left = 0.01;
+        var rowHeight = (top - bottom) / strategies.Count;
+        var columnWidth = (1 - Left - 0.02) / workloads.Count;
         var gp = new StringBuilder();
-        var terminal = GnuplotHas("pngcairo") ? "pngcairo size 1600,1000 font 'DejaVu Sans,11'" : "png size 1600,1000";
+        var terminal = GnuplotHas("pngcairo") ? $"pngcairo size {Width},{height} font 'DejaVu Sans,11'" : $"png size {Width},{height}";
         gp.AppendLine($"set terminal {terminal}");
         gp.AppendLine($"set output '{Quote(PicturePath)}'");
         gp.AppendLine("set datafile missing 'NaN'");
-        gp.AppendLine($"set multiplot title '{options.Reloads} reloads under wrk load (50 connections) on {machine.Cores} cores, {_finished:yyyy-MM-dd}: " +
-            "each strategy in turn, on the same schedule' noenhanced");
-        gp.AppendLine("set grid ytics lc rgb '#e0e0e0'");
-        gp.AppendLine($"set xrange [0:{F(options.WarmUp + options.Reloads * options.Interval + 1, "0.#")}]");
+        gp.AppendLine($"set multiplot title \"{_options.Reloads} reloads per strategy under wrk load (50 connections), {_machine.Cores} cores, {_finished:yyyy-MM-dd}; each strategy in turn, on the same schedule\\n" +
+            "line: 2xx answers per second (left axis)    dots: failed requests per second (right axis, log scale)    dashed: reload requested    per 100 ms\" font ',13' noenhanced");
         gp.AppendLine("unset key");
-        gp.AppendLine("set lmargin 10; set rmargin 3");
+        gp.AppendLine("set lmargin 0; set rmargin 0; set tmargin 0; set bmargin 0");
+        gp.AppendLine($"set xrange [0:{Number(_options.WarmUp + _options.Reloads * _options.Interval + 1)}]");
+        gp.AppendLine("set ytics nomirror; set format y '%.0s%c'");
+        gp.AppendLine($"set logscale y2; set y2range [1:{F(Math.Pow(10, Math.Ceiling(Math.Log10(maxFailures * 1.5))), "0")}]; set y2tics nomirror; set format y2 '10^{{%T}}'");
+        gp.AppendLine("set grid xtics ytics lc rgb '#eeeeee'");
         for (var column = 0; column < workloads.Count; column++)
         {
             var workload = workloads[column];
-            var x = F((double)column / workloads.Count, "0.###");
-            var width = F(1.0 / workloads.Count, "0.###");
-            // top: 2xx answers per second
-            gp.AppendLine($"set origin {x},0.5; set size {width},0.45");
-            gp.AppendLine($"set title '{Plain(Capitalize(workload.Label))}' noenhanced");
-            gp.AppendLine("unset logscale y; set format y '%.0s%c'; set ylabel '2xx answers / s'");
-            gp.AppendLine($"set yrange [0:{F(maxRate * 1.05, "0")}]");
-            gp.AppendLine("set format x ''; unset xlabel");
-            gp.Append(Marks(workload));
-            gp.AppendLine("plot " + string.Join(", \\\n     ", RunsOf(workload).Select(r =>
-                $"'{Quote(files[r].Rate)}' using 1:2 with lines lw 1.5 lc rgb '{Colors[IndexOf(r.Strategy) % Colors.Length]}' notitle")));
-            // bottom: failed requests per second, log scale
-            gp.AppendLine($"set origin {x},0.12; set size {width},0.37");
-            gp.AppendLine("unset title");
-            gp.AppendLine("set logscale y; set format y '10^{%T}'; set ylabel 'failed requests / s'");
-            gp.AppendLine("set yrange [1:*]");
-            gp.AppendLine("set format x '%g'; set xlabel 'seconds since the load started (per 200 ms; dashed: reload requested)'");
-            gp.Append(Marks(workload));
-            gp.AppendLine("plot " + string.Join(", \\\n     ", RunsOf(workload).Select(r =>
-                $"'{Quote(files[r].Failures)}' using 1:2 with points pt {pointTypes[IndexOf(r.Strategy) % pointTypes.Length]} ps 1.2 lc rgb '{Colors[IndexOf(r.Strategy) % Colors.Length]}' notitle")));
+            var x = Left + column * columnWidth;
+            gp.AppendLine($"set label 100 '{Plain(Capitalize(workload.Label))}' at screen {Number(x + columnWidth * 0.5)}, screen {Number(1 - 90.0 / height)} center font ',13' noenhanced");
+            gp.AppendLine($"set yrange [0:{F(maxRate[workload] * 1.05, "0")}]");
+            for (var row = 0; row < strategies.Count; row++)
+            {
+                var strategy = strategies[row];
+                var run = runs.FirstOrDefault(r => r.Workload == workload && r.Strategy.Key == strategy.Key);
+                var y = top - (row + 1) * rowHeight;
+                var color = Colors[IndexOf(strategy) % Colors.Length];
+                gp.AppendLine($"set origin {Number(x + 0.05)},{Number(y + rowHeight * 0.06)}; set size {Number(columnWidth - 0.1)},{Number(rowHeight * 0.78)}");
+                gp.AppendLine(row == strategies.Count - 1
+                    ? "set format x '%g'; set xlabel 'seconds since the load started (dashed: reload requested)'"
+                    : "set format x ''; unset xlabel");
+                gp.AppendLine("unset arrow");
+                var n = 1;
+                foreach (var reload in run?.Reloads ?? [])
+                {
+                    var at = Number(run!.Seconds(reload.RequestedAt));
+                    gp.AppendLine($"set arrow {n++} from {at}, graph 0 to {at}, graph 1 nohead lc rgb '#999999' dt 2 back");
+                }
+                var title = run is null ? strategy.Label : $"{strategy.Label}: {N(run.Stats.Failed)} failed";
+                gp.AppendLine($"set label 1 '{Quote(title)}' at graph 0, graph 1.08 left front font ',11' tc rgb '{color}' noenhanced");
+                if (column == 0) gp.AppendLine($"set ylabel '2xx / s'; set y2label ''");
+                else gp.AppendLine("unset ylabel; set y2label 'failed / s'");
+                if (run is null)
+                {
+                    gp.AppendLine("plot NaN notitle");
+                    continue;
+                }
+                gp.AppendLine($"plot '{Quote(files[run].Rate)}' using 1:2 axes x1y1 with lines lw 1.2 lc rgb '{color}' notitle, \\");
+                gp.AppendLine($"     '{Quote(files[run].Failures)}' using 1:2 axes x1y2 with points pt 7 ps 0.9 lc rgb '#222222' notitle");
+                gp.AppendLine("unset label 1");
+            }
+            gp.AppendLine("unset label 100");
         }
-        // the legend, once, below both columns: each strategy with its failed totals per load
-        gp.AppendLine("set origin 0,0; set size 1,0.1");
-        gp.AppendLine("unset title; unset xlabel; unset ylabel; unset logscale y; unset arrow; unset grid; unset border; unset tics");
-        gp.AppendLine("set xrange [0:1]; set yrange [0:1]");
-        gp.AppendLine("set key center center horizontal Left reverse maxrows 3 width 3 samplen 3 noenhanced");
-        gp.AppendLine("plot " + string.Join(", \\\n     ", strategies.Select(s =>
-        {
-            var i = IndexOf(s);
-            var failed = string.Join(", ", runs.Where(r => r.Strategy.Key == s.Key).Select(r => $"{N(r.Stats.Failed)} {Plain(r.Workload.Short)}"));
-            return $"NaN with linespoints lw 2 pt {pointTypes[i % pointTypes.Length]} ps 1.2 lc rgb '{Colors[i % Colors.Length]}' title '{Quote(s.Label)} (failed: {failed})'";
-        })));
         gp.AppendLine("unset multiplot");
         var script = Path.Combine(dir, "latest.gp");
         File.WriteAllText(script, gp.ToString());
         var (status, output) = RunGnuplot(script);
         if (status != 0) throw new BenchException($"gnuplot failed (status {status}) on {script}:\n{output}");
     }
+
+    private static int IndexOf(Strategy strategy) => Array.IndexOf(StrategyOrder, strategy.Key) is var i and >= 0 ? i : StrategyOrder.Length;
 
     private static bool GnuplotHas(string terminal) => RunGnuplot("-e", $"set terminal {terminal}").Status == 0;
 

@@ -35,7 +35,7 @@ internal static class Runner
     {
         strategy.RunName = $"{workload.Key}-{strategy.Key}";
         await strategy.StartAsync(token);
-        var timelinePath = Path.Combine(paths.OutDirectory, "timelines", strategy.RunName);
+        var timelinePath = TimelinePath(paths, workload.Key, strategy.Key);
         Directory.CreateDirectory(Path.GetDirectoryName(timelinePath)!);
         var wrk = Child.Start("wrk", "wrk", workload.WrkArguments(paths.Script, strategy.Port), paths.Log(strategy.RunName + "-wrk"),
             new Dictionary<string, string> { ["WRK_TIMELINE"] = timelinePath });
@@ -61,6 +61,9 @@ internal static class Runner
         await strategy.StopAsync();
         return new RunResult(strategy, workload, Timeline.Read(timelinePath), summary, loadStart, At(options.WarmUp), spanEnd, reloads, supervisor);
     }
+
+    public static string TimelinePath(Paths paths, string workload, string strategy) =>
+        Path.Combine(paths.OutDirectory, "timelines", $"{workload}-{strategy}");
 
     private static async Task DelayUntilAsync(long timestamp, CancellationToken token)
     {

@@ -29,22 +29,6 @@ internal sealed record ReloadTiming(long RequestedAt, long NewServingAt, long Ol
     public static double Milliseconds(long ticks) => ticks * 1000.0 / Stopwatch.Frequency;
 }
 
-/// <summary>Where the binaries are, and where logs go.</summary>
-internal sealed record Paths(string Root, string GSupervisor, string HelloKestrel, string StockKestrel, string Script, string OutDirectory, string ResultsDirectory)
-{
-    public string Log(string name) => Path.Combine(OutDirectory, "logs", name + ".log");
-
-    /// <summary>
-    /// gsupervisor's arguments to start with: its own control socket, so it never meets another gsupervisor
-    /// on this machine at the default path.
-    /// </summary>
-    public string[] Control(string name)
-    {
-        Directory.CreateDirectory(Path.Combine(OutDirectory, "control"));
-        return ["--control", Path.Combine(OutDirectory, "control", name + ".sock")];
-    }
-}
-
 internal abstract class Strategy(Paths paths)
 {
     /// <summary>How long a stock child is given to get ready where nothing can tell (gsupervisor's --ready delay, start_server's --interval).</summary>

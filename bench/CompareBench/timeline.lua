@@ -69,7 +69,7 @@ end
 function init(args)
   req = wrk.format()
   verifying = thread_id == 1
-  out = assert(io.open(os.getenv("WRK_TIMELINE") .. "." .. thread_id, "w"))
+  out = assert(io.open(assert(os.getenv("WRK_TIMELINE"), "WRK_TIMELINE is not set") .. "." .. thread_id, "w"))
 end
 
 function request()
@@ -117,7 +117,7 @@ function setup(thread)
 end
 
 function done(summary, latency, requests)
-  local f = assert(io.open(os.getenv("WRK_TIMELINE"), "w"))
+  local f = assert(io.open(assert(os.getenv("WRK_TIMELINE"), "WRK_TIMELINE is not set"), "w"))
   local e = summary.errors
   f:write(string.format("wrk %d %d %d %d %d %d %d %d\n", summary.duration, summary.requests,
     e.connect, e.read, e.write, e.status, e.timeout, #threads))
