@@ -81,7 +81,7 @@ try
     }
 
     var runs = findings.Runs.Select(r => new RunResult(strategies.Single(s => s.Key == r.Strategy), workloads.Single(w => w.Key == r.Workload),
-        Timeline.Read(Runner.TimelinePath(paths, r.Workload, r.Strategy)), r.Wrk, r.LoadStart, r.SpanStart, r.SpanEnd, r.Reloads, r.Supervisor)).ToList();
+        Timeline.Read(Runner.TimelinePath(paths, r.Workload, r.Strategy)), r.Wrk, r.LoadStart, r.SpanStart, r.SpanEnd, r.Reloads, r.Supervisor, r.LoadAverage)).ToList();
     var report = new Report(findings with { Options = findings.Options with { UpdateReadme = options.UpdateReadme } }, paths, workloads, runs);
     report.Write();
     Say($"wrote {Path.GetRelativePath(root, report.MarkdownPath)} and {Path.GetRelativePath(root, report.PicturePath)}" +
@@ -112,7 +112,7 @@ try
         foreach (var strategy in strategies.Where(s => options.Only is null || options.Only.Contains(s.Key)))
         {
             var run = await Runner.RunAsync(strategy, workload, options, paths, token);
-            saved.Add(new SavedRun(strategy.Key, workload.Key, run.Wrk, run.LoadStart, run.SpanStart, run.SpanEnd, run.Reloads, run.Supervisor));
+            saved.Add(new SavedRun(strategy.Key, workload.Key, run.Wrk, run.LoadStart, run.SpanStart, run.SpanEnd, run.Reloads, run.Supervisor, run.LoadAverage));
             Say($"{workload.Key,-9} {strategy.Label,-44} {run.Stats.Requests,9:N0} requests, {run.Stats.Failed,7:N0} failed, " +
                 $"p99 {run.Stats.P99:F1} ms ({run.Stats.WindowP99:F1} in reloads), old gone after {run.Stats.OldGoneMedianMs:F0} ms");
         }
@@ -167,7 +167,7 @@ internal sealed record Findings(Options Options, Machine Machine, DateTime Finis
 
 /// <summary>One run's measurements; its timeline stays in out/bench/timelines/.</summary>
 internal sealed record SavedRun(string Strategy, string Workload, WrkSummary Wrk, long LoadStart, long SpanStart, long SpanEnd,
-    IReadOnlyList<ReloadTiming> Reloads, SupervisorFigures? Supervisor);
+    IReadOnlyList<ReloadTiming> Reloads, SupervisorFigures? Supervisor, string LoadAverage);
 
 internal sealed record Options(int Reloads, double Interval, double WarmUp, int IdleSeconds, double ThroughputSeconds, string Config, string OutDirectory,
     string ResultsDirectory, HashSet<string>? Only, bool UpdateReadme, bool ReportOnly)

@@ -91,14 +91,14 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
             "a refused connection is a failed write, and a connection closed or reset by the server is a read error even when no request was on it (so nothing was lost); " +
             "wrk's non-2xx are answers from status 400 up.");
         md.AppendLine();
-        md.AppendLine("| strategy | load | unanswered | non-2xx | failed inside reload windows | wrk socket errors (connect/read/write/timeout) | wrk non-2xx | reload → new process serving, ms (median) |");
-        md.AppendLine("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+        md.AppendLine("| strategy | load | unanswered | non-2xx | failed inside reload windows | wrk socket errors (connect/read/write/timeout) | wrk non-2xx | reload → new process serving, ms (median) | load average when the run began |");
+        md.AppendLine("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |");
         foreach (var run in runs)
         {
             var s = run.Stats;
             var w = run.Wrk;
             md.AppendLine($"| {run.Strategy.Label} | {run.Workload.Short} | {N(s.Unanswered)} | {N(s.Non2xx)} | {N(s.FailedInWindows)} | " +
-                $"{N(w.Connect)}/{N(w.Read)}/{N(w.Write)}/{N(w.Timeout)} | {N(w.Status)} | {F(s.NewServingMedianMs, "0")} |");
+                $"{N(w.Connect)}/{N(w.Read)}/{N(w.Write)}/{N(w.Timeout)} | {N(w.Status)} | {F(s.NewServingMedianMs, "0")} | {run.LoadAverage} |");
         }
         md.AppendLine();
 
@@ -139,12 +139,14 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine("What each column means:");
         md.AppendLine();
         md.AppendLine("- **requests**: requests sent and finished (answered, or failed) in the measured time. **failed**: no answer, or a non-2xx answer. **req/s**: 2xx answers per second.");
-        md.AppendLine("- **p99 / max ms**: latency of answered requests, from the moment wrk asks for the request to be written until the answer is parsed, measured per request by timeline.lua " +
+        md.AppendLine("- **p99 / max ms**: latency of answered requests, from the moment wrk asks for the request to be written (on an open connection: a new connection's handshake is not included) " +
+            "until the answer is parsed, measured per request by timeline.lua " +
             "(p99 is the middle of its 1 % wide histogram bin; max is exact); over the whole measured time and inside reload windows.");
         md.AppendLine("- **longest silence ms**: the longest stretch inside a reload window in which not one request was answered with 2xx, in whole 100 ms buckets (0 = every 100 ms had answers).");
         md.AppendLine("- **reload → old gone ms**: median time from the reload request until the old process had exited (gsupervisor's and start_server's own log lines, or the bench seeing its child exit).");
-        md.AppendLine("- **supervisor RSS / CPU**: the supervising process (gsupervisor; start_server's perl) at the end of the run: VmRSS (peak VmHWM in brackets) and user + system CPU time since it started, " +
-            "children excluded. The restart and overlap strategies have no supervisor: a deploy script (here, the bench) does the work, so n/a.");
+        md.AppendLine("- **supervisor RSS / CPU**: the supervising process (gsupervisor; start_server's perl): VmRSS at the end of the run (peak VmHWM in brackets), " +
+            "and the user + system CPU time it used from the start of the load to the end of the run (warm-up and reloads; its own start-up before that not included), children excluded. " +
+            "The restart and overlap strategies have no supervisor: a deploy script (here, the bench) does the work, so n/a. The load average column shows how busy the shared machine was.");
         md.AppendLine("- **The picture**: per 200 ms, 2xx answers per second (top) and failed requests per second on a log scale (bottom; no point = no failure); " +
             "dashed lines mark the reload requests (all strategies follow the same schedule).");
         return md.ToString();
@@ -153,7 +155,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
     private string MainTable(Workload workload)
     {
         var md = new StringBuilder();
-        md.AppendLine("| strategy | requests | failed | req/s | p99 ms | max ms | p99 ms in reloads | max ms in reloads | longest silence ms | reload → old gone ms | supervisor RSS MiB | supervisor CPU s |");
+        md.AppendLine("| strategy | requests | failed | req/s | p99 ms | max ms | p99 ms in reloads | max ms in reloads | longest silence ms | reload → old gone ms | supervisor RSS MiB | supervisor CPU s in the run |");
         md.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var run in RunsOf(workload))
         {
@@ -176,7 +178,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"Measured by `make bench` on {_finished:yyyy-MM-dd} ({_machine.Cores} cores, loopback, {_options.Reloads} reloads per row under wrk with 50 connections; " +
             "full tables, definitions and commands in [bench/results/latest.md](bench/results/latest.md)):");
         md.AppendLine();
-        md.AppendLine("| strategy | load | requests | failed | p99 ms in reloads | max ms in reloads | longest silence ms | reload → old gone ms | supervisor RSS MiB / CPU s |");
+        md.AppendLine("| strategy | load | requests | failed | p99 ms in reloads | max ms in reloads | longest silence ms | reload → old gone ms | supervisor RSS MiB / CPU s in the run |");
         md.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var run in runs)
         {

@@ -11,7 +11,7 @@ using System.Diagnostics;
 namespace CompareBench;
 
 internal sealed record RunResult(Strategy Strategy, Workload Workload, Timeline Timeline, WrkSummary Wrk, long LoadStart,
-    long SpanStart, long SpanEnd, IReadOnlyList<ReloadTiming> Reloads, SupervisorFigures? Supervisor)
+    long SpanStart, long SpanEnd, IReadOnlyList<ReloadTiming> Reloads, SupervisorFigures? Supervisor, string LoadAverage)
 {
     public RunStats Stats { get; } = new(Timeline, SpanStart, SpanEnd, Reloads);
 
@@ -19,13 +19,13 @@ internal sealed record RunResult(Strategy Strategy, Workload Workload, Timeline 
     public double Seconds(long timestamp) => (timestamp - LoadStart) / (double)Stopwatch.Frequency;
 }
 
-/// <summary>The supervising process's memory and CPU at the end of a run.</summary>
+/// <summary>The supervising process's RSS at the end of a run (and its peak), and the CPU time it used during the run.</summary>
 internal sealed record SupervisorFigures(double RssMiB, double PeakRssMiB, double CpuSeconds)
 {
-    public static SupervisorFigures Of(Child process)
+    public static SupervisorFigures Of(Child process, double cpuSecondsBefore)
     {
         var (now, peak) = Libc.RssMiB(process.Pid);
-        return new SupervisorFigures(now, peak, Libc.CpuSeconds(process.Pid));
+        return new SupervisorFigures(now, peak, Libc.CpuSeconds(process.Pid) - cpuSecondsBefore);
     }
 }
 
@@ -35,6 +35,8 @@ internal static class Runner
     {
         strategy.RunName = $"{workload.Key}-{strategy.Key}";
         await strategy.StartAsync(token);
+        var loadAverage = Machine.CurrentLoadAverage();
+        var supervisorCpuBefore = strategy.Supervisor is { } before ? Libc.CpuSeconds(before.Pid) : 0;
         var timelinePath = TimelinePath(paths, workload.Key, strategy.Key);
         Directory.CreateDirectory(Path.GetDirectoryName(timelinePath)!);
         var wrk = Child.Start("wrk", "wrk", workload.WrkArguments(paths.Script, strategy.Port), paths.Log(strategy.RunName + "-wrk"),
@@ -56,10 +58,10 @@ internal static class Runner
         var spanEnd = Math.Max(At(options.WarmUp + options.Reloads * options.Interval),
             reloads[^1].CompleteAt + Stopwatch.Frequency);
         await DelayUntilAsync(spanEnd, token);
-        var supervisor = strategy.Supervisor is { } s ? SupervisorFigures.Of(s) : null;
+        var supervisor = strategy.Supervisor is { } s ? SupervisorFigures.Of(s, supervisorCpuBefore) : null;
         var summary = await Wrk.StopTimelineAsync(wrk, token);
         await strategy.StopAsync();
-        return new RunResult(strategy, workload, Timeline.Read(timelinePath), summary, loadStart, At(options.WarmUp), spanEnd, reloads, supervisor);
+        return new RunResult(strategy, workload, Timeline.Read(timelinePath), summary, loadStart, At(options.WarmUp), spanEnd, reloads, supervisor, loadAverage);
     }
 
     public static string TimelinePath(Paths paths, string workload, string strategy) =>
