@@ -2,7 +2,7 @@
 // --------
 // Writes what a run found: bench/results/latest.md (the tables, the machine, the commands and what each
 // figure means), bench/results/latest.png (gnuplot: answered requests/s and failed requests/s over time,
-// one line per strategy, reload requests marked, one column per workload), and the table between the
+// a row per strategy, a column per workload, reload requests marked), and the table between the
 // bench markers in README.md, so the README quotes exactly the latest run. The picture's data and
 // gnuplot script stay in out/bench/plot/.
 
@@ -121,7 +121,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
             "The stock app (bench/StockKestrel) is plain ASP.NET Core with no gsupervisor code: Kestrel's own `UseSystemd()` under gsupervisor (`LISTEN_FDS`), " +
             "`ListenHandle` of the fd in `SERVER_STARTER_PORT` under start_server, or a socket it binds itself (with `SO_REUSEPORT` for the overlap); it stops with Kestrel's graceful stop on SIGTERM.");
         md.AppendLine($"- Readiness: neither gsupervisor nor start_server can know when the stock app is ready, so both wait a fixed {Strategy.ReadyDelaySeconds} s " +
-            $"(`--ready delay:{Strategy.ReadyDelaySeconds}s`; `--interval={Strategy.ReadyDelaySeconds}`, start_server's minimum being whole seconds) before stopping the old process. " +
+            $"(`--ready delay:{Strategy.ReadyDelaySeconds}s`; `--interval={Strategy.ReadyDelaySeconds}`, which start_server takes in whole seconds) before stopping the old process. " +
             "The restart and overlap strategies are driven by the bench as a careful deploy script would: it polls the port every 20 ms with a fresh connection until the new process " +
             "(recognised by the pid in the answer) answers. HelloKestrel reports `READY=1` itself (`--ready notify`).");
         md.AppendLine($"- Load: wrk with timeline.lua (bench/CompareBench), `wrk -t 50 -c 50 -d 900s --timeout 10s -s timeline.lua URL` (plus `-H \"Connection: close\"` for the second load), stopped by the bench with SIGINT at the end of the run: " +
@@ -147,8 +147,8 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine("- **supervisor RSS / CPU**: the supervising process (gsupervisor; start_server's perl): VmRSS at the end of the run (peak VmHWM in brackets), " +
             "and the user + system CPU time it used from the start of the load to the end of the run (warm-up and reloads; its own start-up before that not included), children excluded. " +
             "The restart and overlap strategies have no supervisor: a deploy script (here, the bench) does the work, so n/a. The load average column shows how busy the shared machine was.");
-        md.AppendLine("- **The picture**: per 200 ms, 2xx answers per second (top) and failed requests per second on a log scale (bottom; no point = no failure); " +
-            "dashed lines mark the reload requests (all strategies follow the same schedule).");
+        md.AppendLine("- **The picture**: a row per strategy, a column per load. Per 100 ms: 2xx answers per second (line, left axis, the same scale along a column) " +
+            "and failed requests per second (dots, right axis, log scale; no dot = no failure). Dashed lines mark the strategy's reload requests (all follow the same schedule).");
         return md.ToString();
     }
 
