@@ -107,7 +107,6 @@ internal sealed class RunStats
         WindowP99 = Timeline.Percentile(inWindows, 99);
         WindowMax = Timeline.MaxMilliseconds(inWindows);
         FailedInWindows = inWindows.Sum(b => b.Other + b.Failed);
-        WindowSeconds = windowBuckets.Count * Timeline.BucketMicroseconds / 1e6;
         OldGoneMedianMs = Median(reloads.Select(r => r.OldGoneMs));
         NewServingMedianMs = Median(reloads.Select(r => r.NewServingMs));
     }
@@ -124,7 +123,6 @@ internal sealed class RunStats
     public double WindowP99 { get; }
     public double WindowMax { get; }
     public long FailedInWindows { get; }
-    public double WindowSeconds { get; }
     /// <summary>The longest stretch inside a reload window with no 2xx answer at all, in whole 100 ms buckets.</summary>
     public double LongestSilenceMs { get; }
     public double OldGoneMedianMs { get; }

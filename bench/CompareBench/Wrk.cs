@@ -127,6 +127,13 @@ internal sealed class Timeline
                 }
             }
         }
+        // Each thread writes a bucket when it moves on to the next one, so the buckets hold everything but
+        // each thread's last bucket: never more than its totals.
+        if (timeline.Buckets.Values.Sum(b => b.Ok) > timeline.AnsweredOk || timeline.Buckets.Values.Sum(b => b.Other) > timeline.AnsweredOther ||
+            timeline.Buckets.Values.Sum(b => b.Failed) > timeline.Unanswered)
+            throw new BenchException($"{path}: the buckets count more than the threads' totals; the timeline is inconsistent");
+        if (timeline.Sent != timeline.AnsweredOk + timeline.AnsweredOther + timeline.Unanswered + timeline.InFlightAtEnd)
+            throw new BenchException($"{path}: requests sent do not add up to answered + unanswered + in flight");
         return timeline;
     }
 
