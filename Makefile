@@ -9,7 +9,7 @@ RID     ?= $(shell $(DOTNET) --info 2>/dev/null | awk '/^ *RID:/ {print $$2; exi
 DAEMON_BIN := src/GSupervisor.Daemon/bin/$(CONFIG)/net10.0/gsupervisor
 HELLO_DLL  := examples/HelloKestrel/bin/$(CONFIG)/net10.0/HelloKestrel.dll
 
-.PHONY: all build test publish install deb demo bench-reload soak clean
+.PHONY: all build test publish install deb demo bench bench-reload soak clean
 
 all: build
 
@@ -67,6 +67,14 @@ demo: build
 	@echo
 	@mkdir -p out
 	$(DAEMON_BIN) --listen :$(PORT) --pid-file out/demo.pid -- $(DOTNET) $(HELLO_DLL)
+
+# gsupervisor against the alternatives (Server::Starter, restart, SO_REUSEPORT overlap) under the same wrk
+# load: writes bench/results/latest.md, bench/results/latest.png and README.md's table (about 11 minutes).
+# Installs wrk, libserver-starter-perl and gnuplot-nox from Debian first if they are missing.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reloads 3 --idle 5" for a quick look.
+bench: build
+	bench/install-deps.sh
+	$(DOTNET) bench/CompareBench/bin/$(CONFIG)/net10.0/CompareBench.dll --config $(CONFIG) $(BENCH_ARGS)
 
 # Reload benchmark: drain vs stock Kestrel, keep-alive and new-connection load; prints a Markdown table.
 bench-reload: build
