@@ -71,7 +71,8 @@ demo: build
 # gsupervisor against the alternatives (Server::Starter, restart, SO_REUSEPORT overlap) under the same wrk
 # load: writes bench/results/latest.md, bench/results/latest.png and README.md's table (about 11 minutes).
 # Installs wrk, libserver-starter-perl and gnuplot-nox from Debian first if they are missing.
-# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reloads 3 --idle 5" for a quick look.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--reloads 3 --idle 5" for a quick look (written to out/bench/results;
+# only a full run rewrites bench/results and the README).
 bench: build
 	bench/install-deps.sh
 	$(DOTNET) bench/CompareBench/bin/$(CONFIG)/net10.0/CompareBench.dll --config $(CONFIG) $(BENCH_ARGS)

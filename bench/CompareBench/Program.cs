@@ -11,6 +11,9 @@
 //       [--warm-up 3] [--idle 60] [--throughput-seconds 2] [--only KEY,KEY] [--out out/bench] [--results bench/results]
 //       [--no-readme] [--report-only]
 //
+// A partial run (--only, fewer than 10 reloads, less than 60 s idle) writes to OUT/results and leaves
+// bench/results and the README alone, unless --results says otherwise.
+//
 // Everything measured is also kept in out/bench/findings.json (with the timelines beside it);
 // --report-only writes the report again from there without measuring.
 
@@ -197,6 +200,11 @@ internal sealed record Options(int Reloads, double Interval, double WarmUp, int 
         }
         if (o.Reloads < 1 || o.Interval <= 0 || o.WarmUp < 0 || o.IdleSeconds < 1 || o.ThroughputSeconds < 1)
             throw new ArgumentException("--reloads, --idle and --throughput-seconds must be at least 1, --interval above 0");
+        // Only a full run (every strategy, at least the default reloads and idle time) may stand for the project:
+        // a quick look writes its report under the out directory and leaves bench/results and the README alone.
+        var full = o.Only is null && o.Reloads >= 10 && o.IdleSeconds >= 60;
+        if (!full && !o.ReportOnly && !args.Contains("--results"))
+            o = o with { ResultsDirectory = Path.Combine(o.OutDirectory, "results"), UpdateReadme = false };
         return o;
     }
 }
