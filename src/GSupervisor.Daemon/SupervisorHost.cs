@@ -483,17 +483,12 @@ internal sealed class SupervisorHost
 
     /// <summary>
     /// Refusals are logged, but a child flooding the sockets cannot flood the log: at most
-    /// <see cref="RefusalsPerWindow"/> lines per <see cref="RefusalWindow"/>; the next line after a quiet
-    /// stretch says how many were left out.
+    /// <see cref="RefusalsPerWindow"/> lines per <see cref="RefusalWindow"/>; when the window ends, one line
+    /// says how many were left out.
     /// </summary>
     private void LogRefusal(string message)
     {
-        var now = _machine.Now;
-        if (now - _refusalWindowStart >= RefusalWindow)
-        {
-            _refusalWindowStart = now;
-            _refusalsInWindow = 0;
-        }
+        RollRefusalWindow();
         if (++_refusalsInWindow > RefusalsPerWindow)
         {
             _refusalsSuppressed++;
@@ -502,16 +497,22 @@ internal sealed class SupervisorHost
         _log.Warning("{Message}", message);
     }
 
-    /// <summary>Once a window with refusals left out has passed, says how many (called every turn of the loop).</summary>
+    /// <summary>Called every turn of the loop: a window with refusals left out that has ended is reported.</summary>
     private void ReportSuppressedRefusals()
     {
-        var dropped = Interlocked.Exchange(ref _refusalsDroppedAtGate, 0);
-        _refusalsSuppressed += dropped;
-        if (_refusalsSuppressed == 0 || _machine.Now - _refusalWindowStart < RefusalWindow) return;
-        _log.Warning("{Count} more refusals of the kind above were not logged in the last minute", _refusalsSuppressed);
+        if (_refusalsSuppressed > 0 || Interlocked.Read(ref _refusalsDroppedAtGate) > 0) RollRefusalWindow();
+    }
+
+    private void RollRefusalWindow()
+    {
+        _refusalsSuppressed += Interlocked.Exchange(ref _refusalsDroppedAtGate, 0);
+        var now = _machine.Now;
+        if (now - _refusalWindowStart < RefusalWindow) return;
+        if (_refusalsSuppressed > 0)
+            _log.Warning("{Count} more refusals like those above were not logged in the last minute", _refusalsSuppressed);
         _refusalsSuppressed = 0;
-        _refusalWindowStart = _machine.Now;
         _refusalsInWindow = 0;
+        _refusalWindowStart = now;
     }
 
     private List<string> BuildBaseEnvironment()
