@@ -16,7 +16,20 @@ internal static partial class Faults
         Prctl(PR_SET_DUMPABLE, 0);
         Signal(signal, 0);
         Kill(Environment.ProcessId, signal);
-        Thread.Sleep(Timeout.Infinite); // the signal is on its way
+        // kill(2) delivers an unblocked signal to the caller before it returns: reaching here is a bug.
+        throw new InvalidOperationException($"still alive after signal {signal}");
+    }
+
+    /// <summary>Completes when <paramref name="path"/> exists: an inotify watch, no polling.</summary>
+    public static Task FileCreated(string path)
+    {
+        var created = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var watcher = new FileSystemWatcher(Path.GetDirectoryName(path)!, Path.GetFileName(path)) { NotifyFilter = NotifyFilters.FileName };
+        watcher.Created += (_, _) => created.TrySetResult();
+        watcher.EnableRaisingEvents = true;
+        if (File.Exists(path)) created.TrySetResult(); // made before the watch began
+        created.Task.ContinueWith(_ => watcher.Dispose(), TaskScheduler.Default);
+        return created.Task;
     }
 
     private const int PR_SET_DUMPABLE = 4;

@@ -67,6 +67,7 @@ using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
 using var client = GSupervisorClient.Connect(new GSupervisorClientOptions { UseHandoffSocket = Opt("--listeners", "fds") == "handoff" });
 
 var responseDelay = TimeSpan.FromMilliseconds(IntOpt("--response-delay-ms", 0));
+Task? release = options.TryGetValue("--hold-responses-until", out var holdPrefix) ? Faults.FileCreated($"{holdPrefix}.{generation}") : null;
 var inFlight = new CountdownEvent(1);
 var acceptors = client.Listeners.Select(l => Task.Run(() => AcceptLoop(l.Socket))).ToList();
 
@@ -142,8 +143,7 @@ async Task Serve(Socket connection)
                 received.Append(Encoding.ASCII.GetString(buffer, 0, n));
             }
             if (responseDelay > TimeSpan.Zero) await Task.Delay(responseDelay);
-            if (options.TryGetValue("--hold-responses-until", out var holdPrefix))
-                while (!File.Exists($"{holdPrefix}.{generation}")) await Task.Delay(20); // the test releases the held requests
+            if (release is not null) await release;
             var body = $"pid={pid} gen={generation}\n";
             var response = $"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n{body}";
             await connection.SendAsync(Encoding.ASCII.GetBytes(response));
