@@ -15,7 +15,7 @@ using Mono.Unix.Native;
 
 namespace GSupervisor.Daemon.Os;
 
-internal sealed unsafe class QueuedFdWriteStream : Stream
+internal sealed unsafe class QueuedFdWriteStream : WriteOnlyStream
 {
     private const int PipeBuf = 4096; // writes up to this size are atomic on a pipe
 
@@ -41,8 +41,6 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
     {
         get { lock (_lock) return _droppedLines; }
     }
-
-    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
 
     public override void Write(ReadOnlySpan<byte> buffer)
     {
@@ -160,14 +158,4 @@ internal sealed unsafe class QueuedFdWriteStream : Stream
             if (n < 0 && ErrorNumbers.Last != ErrorNumbers.EINTR) return false;
         }
     }
-
-    public override bool CanRead => false;
-    public override bool CanSeek => false;
-    public override bool CanWrite => true;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
 }
