@@ -410,13 +410,13 @@ public class FaultTests
         for (var generation = 2; generation <= warmUp + 1; generation++) Reload(supervisor, generation);
         supervisor.WaitForLine($@"generation {warmUp} \(pid \d+\) exited");
         var fdsBefore = FdCount(supervisor.Pid);
-        var rssBefore = RssKiB(supervisor.Pid);
+        var rssBefore = Native.RssKiB(supervisor.Pid);
         var rssHalf = 0L;
         var clock = Stopwatch.StartNew();
         for (var generation = warmUp + 2; generation <= reloads + 1; generation++)
         {
             Reload(supervisor, generation);
-            if (generation == reloads / 2) rssHalf = RssKiB(supervisor.Pid);
+            if (generation == reloads / 2) rssHalf = Native.RssKiB(supervisor.Pid);
         }
         var elapsed = clock.Elapsed;
         supervisor.WaitForLine($@"generation {reloads} \(pid \d+\) exited", after: 0);
@@ -424,7 +424,7 @@ public class FaultTests
         Poll.Until(() => FdCount(supervisor.Pid) <= fdsBefore, TimeSpan.FromSeconds(30), $"the fd count to come back to {fdsBefore}");
         Poll.Until(() => Zombies(supervisor.Pid).Count == 0 && Children(supervisor.Pid).Count == 1, TimeSpan.FromSeconds(30), "the last old generation to be reaped");
         var fdsAfter = FdCount(supervisor.Pid);
-        var rssAfter = RssKiB(supervisor.Pid);
+        var rssAfter = Native.RssKiB(supervisor.Pid);
         TestContext.Out.WriteLine($"{reloads - warmUp} reloads in {elapsed.TotalSeconds:F1} s; fds {fdsBefore} -> {fdsAfter}; " +
             $"RSS {rssBefore / 1024} MiB -> {rssHalf / 1024} MiB (half way) -> {rssAfter / 1024} MiB");
 
@@ -443,9 +443,6 @@ public class FaultTests
     }
 
     private static int FdCount(int pid) => Directory.GetFileSystemEntries($"/proc/{pid}/fd").Length;
-
-    private static long RssKiB(int pid) =>
-        long.Parse(Regex.Match(File.ReadAllText($"/proc/{pid}/status"), @"VmRSS:\s+(\d+) kB").Groups[1].Value);
 
     /// <summary>Pids of the direct children of <paramref name="pid"/>.</summary>
     private static List<int> Children(int pid) =>
@@ -550,8 +547,7 @@ public class FaultTests
         EndOrphans(supervisor);
         Assert.That(Zombies(supervisor), Is.Empty);
 
-        var caught = Convert.ToUInt64(File.ReadAllLines($"/proc/{supervisor}/status").Single(l => l.StartsWith("SigCgt:", StringComparison.Ordinal)).Split(':')[1].Trim(), 16);
-        Assert.That(caught & (1UL << (17 - 1)), Is.EqualTo(0UL), "as PID 1 too, the runtime never catches SIGCHLD");
+        Assert.That(Native.Catches(supervisor, 17), Is.False, "as PID 1 too, the runtime never catches SIGCHLD");
 
         using var load = new NewConnectionLoad(port, LoadWorkers);
         Poll.Until(() => load.Successes > 20, Long, "the load to get going");

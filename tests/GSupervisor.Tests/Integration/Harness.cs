@@ -58,6 +58,21 @@ internal static partial class Native
         }
     }
 
+    /// <summary>The environment process <paramref name="pid"/> was started with.</summary>
+    public static Dictionary<string, string> Environ(int pid) =>
+        File.ReadAllText($"/proc/{pid}/environ").Split('\0', StringSplitOptions.RemoveEmptyEntries)
+            .Select(e => e.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "");
+
+    public static long RssKiB(int pid) =>
+        long.Parse(Regex.Match(File.ReadAllText($"/proc/{pid}/status"), @"VmRSS:\s+(\d+) kB").Groups[1].Value);
+
+    /// <summary>Whether process <paramref name="pid"/> has a handler for <paramref name="signal"/> (SigCgt).</summary>
+    public static bool Catches(int pid, int signal)
+    {
+        var caught = File.ReadAllLines($"/proc/{pid}/status").Single(l => l.StartsWith("SigCgt:", StringComparison.Ordinal));
+        return (Convert.ToUInt64(caught.Split(':')[1].Trim(), 16) & (1UL << (signal - 1))) != 0;
+    }
+
     public static bool IsAlive(int pid)
     {
         if (Kill(pid, 0) != 0) return false;

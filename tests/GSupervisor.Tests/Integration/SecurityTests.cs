@@ -6,7 +6,6 @@
 
 using System.Diagnostics;
 using System.Net.Sockets;
-using System.Text.RegularExpressions;
 
 namespace GSupervisor.Tests.Integration;
 
@@ -16,10 +15,6 @@ public class SecurityTests
     private static readonly TimeSpan Long = TimeSpan.FromSeconds(60);
 
     private static string[] Child(params string[] args) => ["--", Paths.TestChild, .. args];
-
-    private static Dictionary<string, string> Environ(int pid) =>
-        File.ReadAllText($"/proc/{pid}/environ").Split('\0', StringSplitOptions.RemoveEmptyEntries)
-            .Select(e => e.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "");
 
     [Test]
     public void Child_environment_is_the_supervisors_own_plus_the_documented_variables_and_nothing_else()
@@ -34,8 +29,8 @@ public class SecurityTests
         var childPid = supervisor.WaitForGenerationPid(1);
         supervisor.WaitForReady(1);
 
-        var parent = Environ(supervisor.Pid);
-        var child = Environ(childPid);
+        var parent = Native.Environ(supervisor.Pid);
+        var child = Native.Environ(childPid);
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
         string[] documented = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GSUPERVISOR_HANDOFF", "GSUPERVISOR_PID", "GSUPERVISOR_GENERATION"];
 
@@ -55,7 +50,7 @@ public class SecurityTests
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child()]);
         var childPid = supervisor.WaitForGenerationPid(1);
         supervisor.WaitForReady(1);
-        var environment = Environ(childPid);
+        var environment = Native.Environ(childPid);
         var handoff = environment["GSUPERVISOR_HANDOFF"];
         var notify = environment["NOTIFY_SOCKET"];
         var directory = Path.GetDirectoryName(handoff)!;
@@ -126,8 +121,8 @@ public class SecurityTests
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. Child()]);
         var childPid = supervisor.WaitForGenerationPid(1);
         supervisor.WaitForReady(1);
-        var environment = Environ(childPid);
-        var rssBefore = RssKiB(supervisor.Pid);
+        var environment = Native.Environ(childPid);
+        var rssBefore = Native.RssKiB(supervisor.Pid);
 
         using var stop = new CancellationTokenSource();
         long datagrams = 0, connections = 0;
@@ -169,7 +164,7 @@ public class SecurityTests
             Assert.That(Verb.Run(["status", "--control", supervisor.ControlPath]).Code, Is.EqualTo(0));
             var statusTime = clock.Elapsed;
             Assert.That(Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]).Code, Is.EqualTo(0));
-            var rssDuring = RssKiB(supervisor.Pid);
+            var rssDuring = Native.RssKiB(supervisor.Pid);
             TestContext.Out.WriteLine($"flood: {Interlocked.Read(ref datagrams)} datagrams, {Interlocked.Read(ref connections)} connections; " +
                 $"status answered in {statusTime.TotalMilliseconds:F0} ms; RSS {rssBefore / 1024} -> {rssDuring / 1024} MiB");
             Assert.That(statusTime, Is.LessThan(TimeSpan.FromSeconds(5)));
@@ -183,7 +178,4 @@ public class SecurityTests
         Assert.That(supervisor.Lines.Count(l => l.Contains($"from pid {Environment.ProcessId}")), Is.LessThanOrEqualTo(100), "refusals logged at a capped rate");
         Assert.That(supervisor.HasExited, Is.False);
     }
-
-    private static long RssKiB(int pid) =>
-        long.Parse(Regex.Match(File.ReadAllText($"/proc/{pid}/status"), @"VmRSS:\s+(\d+) kB").Groups[1].Value);
 }
