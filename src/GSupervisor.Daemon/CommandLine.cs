@@ -4,6 +4,7 @@
 // ends in one line naming the problem and the fix, with exit code 64, before anything is bound or started.
 // Everything after "--" is the command to run.
 
+using System.Diagnostics.CodeAnalysis;
 using CommandLine;
 using CommandLine.Text;
 using GSupervisor.Core;
@@ -77,6 +78,8 @@ internal static class CommandLineReader
     /// <summary>Either settings, or an exit code with text to print (help and version exit 0 on stdout).</summary>
     public sealed record Result(RunSettings? Settings, int ExitCode, string? Output, bool OutputIsError);
 
+    // CommandLineParser reads the options' attributes and sets their properties by reflection (see the csproj).
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
     public static Result Read(string[] args)
     {
         using var parser = new Parser(s =>
@@ -221,7 +224,7 @@ internal static class CommandLineReader
             }
             if (Mono.Unix.Native.Syscall.geteuid() != 0)
                 return UsageError("--user and --group need gsupervisor to run as root; run it as the service's user instead");
-            user = new Os.ChildUser(passwd.pw_name, passwd.pw_uid, gid);
+            user = new Os.ChildUser(passwd.pw_name, passwd.pw_uid, gid, passwd.pw_dir);
         }
 
         policy = policy with

@@ -4,6 +4,7 @@
 // request line and prints the reply. Exit codes: 0 done; 1 the reload failed (rolled back); 64 usage;
 // 69 no daemon answers on the socket; 75 timed out waiting; 77 permission denied.
 
+using System.Diagnostics.CodeAnalysis;
 using System.Net.Sockets;
 using System.Text;
 using CommandLine;
@@ -44,6 +45,11 @@ internal static class ControlClient
 
     public static readonly string[] Verbs = ["status", "reload", "stop"];
 
+    // CommandLineParser reads the verbs' attributes and sets their properties by reflection (see the csproj).
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StatusOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ReloadOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StopOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ControlOptions))]
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         using var parser = new Parser(s => { s.HelpWriter = null; s.CaseSensitive = true; s.AutoHelp = true; });

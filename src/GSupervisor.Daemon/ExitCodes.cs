@@ -11,6 +11,8 @@ internal static class ExitCodes
     public const int Unavailable = 69;
     public const int Software = 70;
     public const int OsError = 71;
+    /// <summary>A file of gsupervisor's own installation (the exec helper) or /proc is missing.</summary>
+    public const int OsFile = 72;
     /// <summary>A Unix socket path cannot be created (missing directory, a non-socket file in the way).</summary>
     public const int CannotCreate = 73;
     public const int NoPermission = 77;

@@ -6,8 +6,12 @@ using GSupervisor.Daemon.Os;
 using Serilog;
 using Serilog.Sinks.SystemConsole.Themes;
 
-if (ExecShim.IsShimInvocation(args))
-    return ExecShim.Run(args);
+// Mono.Posix's native half ships beside the binary (Native AOT does not embed it); without it nothing below works.
+if (!System.Runtime.InteropServices.NativeLibrary.TryLoad("MonoPosixHelper", typeof(Mono.Unix.Native.Syscall).Assembly, null, out _))
+{
+    Libc.WriteLine(2, $"gsupervisor: cannot load libMonoPosixHelper.so from {AppContext.BaseDirectory}, where it ships beside the gsupervisor binary; reinstall gsupervisor");
+    return ExitCodes.OsFile;
+}
 
 // Started with SIGCHLD ignored (inherited across exec), the kernel would reap our children itself and the
 // reaper would never hear of an exit. Setting SIG_DFL installs no handler, so the runtime still never reaps.
@@ -57,13 +61,15 @@ using var logger = new LoggerConfiguration()
 List<BoundListener>? listeners = null;
 RuntimeDirectory? runtimeDirectory = null;
 ControlServer? control = null;
+Spawner? spawner = null;
 try
 {
     var commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
     listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
+    spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16);
     runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
     control = ControlServer.Bind(settings.ControlPath);
-    var host = new SupervisorHost(settings, commandPath, listeners, runtimeDirectory, control, logger);
+    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, logger);
 
     logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
     for (var i = 0; i < listeners.Count; i++)
@@ -94,6 +100,7 @@ finally
     try
     {
         if (listeners is not null) Listeners.CloseAll(listeners);
+        spawner?.Dispose();
         runtimeDirectory?.Dispose();
         control?.Remove();
         if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);

@@ -46,6 +46,7 @@ internal sealed class SupervisorHost
     private readonly RunSettings _settings;
     private readonly string _commandPath;
     private readonly IReadOnlyList<BoundListener> _listeners;
+    private readonly Spawner _spawner;
     private readonly RuntimeDirectory _runtimeDirectory;
     private readonly ILogger _log;
     private readonly BlockingCollection<LoopEvent> _queue = new();
@@ -61,6 +62,7 @@ internal sealed class SupervisorHost
     private readonly SystemdNotifier? _systemd;
     private readonly ControlServer _control;
     private readonly List<(int MinGeneration, ControlRequest Request)> _reloadWaiters = [];
+    private readonly OutputRelay _output = new();
     private readonly Dictionary<int, OutputTail> _outputTails = [];
     private const int OutputTailsKept = 4;
     private Timer? _watchdog;
@@ -72,9 +74,10 @@ internal sealed class SupervisorHost
     private long _refusalsSuppressed;
     private long _refusalsDroppedAtGate;
 
-    public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners,
+    public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners, Spawner spawner,
         RuntimeDirectory runtimeDirectory, ControlServer control, ILogger log)
     {
+        _spawner = spawner;
         _control = control;
         _settings = settings;
         _commandPath = commandPath;
@@ -351,10 +354,10 @@ internal sealed class SupervisorHost
         (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
         try
         {
-            output = OutputRelay.Start(generation);
+            output = _output.Start();
             _outputTails[generation] = output.Value.Tail;
             foreach (var old in _outputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _outputTails.Remove(old);
-            var pid = Spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
+            var pid = _spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
                 _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User,
                 output.Value.StdoutWrite, output.Value.StderrWrite));
             _reaper.ChildStarted();
@@ -518,13 +521,17 @@ internal sealed class SupervisorHost
     private List<string> BuildBaseEnvironment()
     {
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+        // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
+        string[] account = _settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
         var environment = new List<string>();
         foreach (System.Collections.DictionaryEntry entry in Environment.GetEnvironmentVariables())
         {
             var key = (string)entry.Key;
-            if (owned.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
+            if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
             environment.Add($"{key}={entry.Value}");
         }
+        if (_settings.User is { } user)
+            environment.AddRange([$"HOME={user.Home}", $"USER={user.Name}", $"LOGNAME={user.Name}"]);
         if (_listeners.Count > 0)
         {
             environment.Add("LISTEN_FDS=" + _listeners.Count.ToString(CultureInfo.InvariantCulture));

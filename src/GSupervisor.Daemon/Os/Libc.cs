@@ -136,10 +136,67 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "initgroups", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int initgroups(string user, uint group);
 
+    [LibraryImport(Lib, EntryPoint = "setgid", SetLastError = true)]
+    public static partial int setgid(uint gid);
+
+    [LibraryImport(Lib, EntryPoint = "setuid", SetLastError = true)]
+    public static partial int setuid(uint uid);
+
+    [LibraryImport(Lib, EntryPoint = "getppid")]
+    public static partial int getppid();
+
     public const int O_CLOEXEC = 0x80000;
+
+    [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int open(string path, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "close", SetLastError = true)]
+    public static partial int close(int fd);
 
     [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
     public static partial int pipe2([System.Runtime.InteropServices.Out] int[] fds, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
+    private static partial nint write(int fd, byte* buffer, nuint count);
+
+    /// <summary>One line to <paramref name="fd"/> with a single write(2), for messages that cannot wait for the log.</summary>
+    public static void WriteLine(int fd, string line)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(line + "\n");
+        fixed (byte* p = bytes) write(fd, p, (nuint)bytes.Length);
+    }
+
+    public const int EPOLL_CLOEXEC = 0x80000;
+    private const int EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2;
+    private const uint EPOLLIN = 0x001;
+
+    /// <summary>struct epoll_event: packed (12 bytes) on x86-64, naturally aligned (16) elsewhere.</summary>
+    public static int EpollEventBytes { get; } = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? 12 : 16;
+    private static int EpollDataOffset => EpollEventBytes == 12 ? 4 : 8;
+
+    [LibraryImport(Lib, EntryPoint = "epoll_create1", SetLastError = true)]
+    public static partial int epoll_create1(int flags);
+
+    [LibraryImport(Lib, EntryPoint = "epoll_ctl", SetLastError = true)]
+    private static partial int epoll_ctl(int epfd, int op, int fd, byte* eventData);
+
+    [LibraryImport(Lib, EntryPoint = "epoll_wait", SetLastError = true)]
+    public static partial int epoll_wait(int epfd, byte* events, int maxEvents, int timeout);
+
+    /// <summary>Watches <paramref name="fd"/> for input (and hang-up), with the fd itself as the event's data.</summary>
+    public static int EpollAdd(int epfd, int fd)
+    {
+        var ev = stackalloc byte[16];
+        new Span<byte>(ev, 16).Clear();
+        *(uint*)ev = EPOLLIN;
+        *(long*)(ev + EpollDataOffset) = fd;
+        return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, ev);
+    }
+
+    public static int EpollRemove(int epfd, int fd) => epoll_ctl(epfd, EPOLL_CTL_DEL, fd, null);
+
+    /// <summary>The fd of the <paramref name="index"/>th event that epoll_wait returned (see EpollAdd).</summary>
+    public static int EpollEventFd(byte* events, int index) => (int)*(long*)(events + index * EpollEventBytes + EpollDataOffset);
 
     [LibraryImport(Lib, EntryPoint = "isatty")]
     public static partial int isatty(int fd);
@@ -168,11 +225,15 @@ internal sealed unsafe class NativeStringArray : IDisposable
     private readonly nint[] _strings;
     public byte** Pointer { get; private set; }
 
-    public NativeStringArray(IReadOnlyList<string> values)
+    public NativeStringArray(IReadOnlyList<string> values) : this(values.ToArray())
     {
-        _strings = new nint[values.Count];
-        Pointer = (byte**)NativeMemory.AllocZeroed((nuint)(values.Count + 1), (nuint)sizeof(nint));
-        for (var i = 0; i < values.Count; i++)
+    }
+
+    public NativeStringArray(ReadOnlySpan<string> values)
+    {
+        _strings = new nint[values.Length];
+        Pointer = (byte**)NativeMemory.AllocZeroed((nuint)(values.Length + 1), (nuint)sizeof(nint));
+        for (var i = 0; i < values.Length; i++)
         {
             _strings[i] = Marshal.StringToCoTaskMemUTF8(values[i]);
             Pointer[i] = (byte*)_strings[i];

@@ -2,9 +2,13 @@
 // --------
 // Children's stdout and stderr go through pipes that the supervisor relays, byte for byte, to its own
 // stdout and stderr (the journal, under systemd), keeping the last few KiB of each generation's output. When
-// a reload fails, `gsupervisor reload --wait` can then show what the new child said before it died. One
-// thread per pipe blocks in read(2); at end of file (the generation and all its descendants have closed it)
-// the thread ends.
+// a reload fails, `gsupervisor reload --wait` can then show what the new child said before it died.
+//
+// Two threads do it for every generation there will ever be: one owns an epoll set of all the stdout pipes
+// and writes to fd 1, the other the same for the stderr pipes and fd 2. So the thread count and the memory do
+// not grow with reloads, and a stdout nobody reads holds up only the children's stdout, as if they wrote to
+// it themselves (backpressure: a full pipe makes the child wait). A pipe is dropped from its set at end of
+// file, when the generation and all its descendants have closed it.
 
 using System.Text;
 using Mono.Unix.Native;
@@ -54,10 +58,14 @@ internal sealed class OutputTail
     }
 }
 
-internal static class OutputRelay
+/// <summary>Relays every generation's stdout and stderr (see the overview). One per supervisor.</summary>
+internal sealed class OutputRelay
 {
+    private readonly RelayTarget _stdout = new(1, "relay-stdout");
+    private readonly RelayTarget _stderr = new(2, "relay-stderr");
+
     /// <summary>Makes the two pipes of a new generation: (child's stdout write end, child's stderr write end, tail).</summary>
-    public static (int StdoutWrite, int StderrWrite, OutputTail Tail) Start(int generation)
+    public (int StdoutWrite, int StderrWrite, OutputTail Tail) Start()
     {
         var tail = new OutputTail();
         var stdout = Pipe();
@@ -72,8 +80,8 @@ internal static class OutputRelay
             Syscall.close(stdout.Write);
             throw;
         }
-        Relay(stdout.Read, 1, tail, $"relay-{generation}-out");
-        Relay(stderr.Read, 2, tail, $"relay-{generation}-err");
+        _stdout.Add(stdout.Read, tail);
+        _stderr.Add(stderr.Read, tail);
         return (stdout.Write, stderr.Write, tail);
     }
 
@@ -85,38 +93,77 @@ internal static class OutputRelay
         return (fds[0], fds[1]);
     }
 
-    private static void Relay(int readFd, int targetFd, OutputTail tail, string name) =>
-        new Thread(() => Loop(readFd, targetFd, tail)) { IsBackground = true, Name = name }.Start();
-
-    private static unsafe void Loop(int readFd, int targetFd, OutputTail tail)
+    /// <summary>One target fd (1 or 2), the read ends of the pipes that go to it, and the thread that moves the bytes.</summary>
+    private sealed unsafe class RelayTarget
     {
-        var buffer = new byte[16 * 1024];
-        try
+        private const int MaxEvents = 16;
+        private readonly int _targetFd;
+        private readonly int _epoll;
+        private readonly Lock _lock = new();
+        private readonly Dictionary<int, OutputTail> _sources = [];
+
+        public RelayTarget(int targetFd, string threadName)
         {
-            while (true)
+            _targetFd = targetFd;
+            _epoll = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
+            if (_epoll < 0) throw new StartupException(ExitCodes.OsError, $"epoll_create1: {ErrorNumbers.Describe(Libc.LastErrno)}");
+            new Thread(Loop) { IsBackground = true, Name = threadName }.Start();
+        }
+
+        public void Add(int readFd, OutputTail tail)
+        {
+            lock (_lock) _sources[readFd] = tail;
+            if (Libc.EpollAdd(_epoll, readFd) != 0)
             {
-                long n;
-                fixed (byte* p = buffer) n = Syscall.read(readFd, p, (ulong)buffer.Length);
-                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
-                if (n <= 0) return;
-                tail.Append(buffer.AsSpan(0, (int)n));
-                var written = 0;
-                fixed (byte* p = buffer)
-                {
-                    while (written < n)
-                    {
-                        var w = Syscall.write(targetFd, p + written, (ulong)(n - written));
-                        if (w < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
-                        if (w <= 0) break; // our own stdout is gone: keep draining the child's pipe so it never blocks
-                        written += (int)w;
-                    }
-                }
+                var errno = Libc.LastErrno;
+                lock (_lock) _sources.Remove(readFd);
+                Syscall.close(readFd);
+                tail.PipeClosed();
+                throw new SpawnException(errno, $"cannot watch an output pipe: {ErrorNumbers.Describe(errno)}");
             }
         }
-        finally
+
+        private void Loop()
         {
-            Syscall.close(readFd);
-            tail.PipeClosed();
+            var buffer = new byte[64 * 1024];
+            var events = stackalloc byte[MaxEvents * Libc.EpollEventBytes];
+            while (true)
+            {
+                var ready = Libc.epoll_wait(_epoll, events, MaxEvents, -1);
+                if (ready < 0)
+                {
+                    if (Libc.LastErrno == ErrorNumbers.EINTR) continue;
+                    Libc.WriteLine(2, $"gsupervisor: output relay stopped: epoll_wait: {ErrorNumbers.Describe(Libc.LastErrno)}");
+                    return;
+                }
+                for (var i = 0; i < ready; i++)
+                    Relay(Libc.EpollEventFd(events, i), buffer);
+            }
+        }
+
+        /// <summary>One read from a pipe that is readable (or at end of file), and its bytes written on.</summary>
+        private void Relay(int readFd, byte[] buffer)
+        {
+            OutputTail? tail;
+            lock (_lock) _sources.TryGetValue(readFd, out tail);
+            if (tail is null) return;
+            long n;
+            fixed (byte* p = buffer)
+                while ((n = Syscall.read(readFd, p, (ulong)buffer.Length)) < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR)
+                {
+                }
+            if (n <= 0)
+            {
+                // End of file (or a broken pipe): the generation and its descendants are done with it.
+                Libc.EpollRemove(_epoll, readFd);
+                lock (_lock) _sources.Remove(readFd);
+                Syscall.close(readFd);
+                tail.PipeClosed();
+                return;
+            }
+            tail.Append(buffer.AsSpan(0, (int)n));
+            // If our own stdout is gone the bytes are dropped, and the pipe is still drained so the child never blocks.
+            Fd.WriteAll(_targetFd, buffer.AsSpan(0, (int)n));
         }
     }
 }

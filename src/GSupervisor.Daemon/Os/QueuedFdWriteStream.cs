@@ -11,11 +11,10 @@
 // some other process set O_NONBLOCK on the shared stderr, EAGAIN is met with poll(POLLOUT), not data loss.
 
 using System.Text;
-using Mono.Unix.Native;
 
 namespace GSupervisor.Daemon.Os;
 
-internal sealed unsafe class QueuedFdWriteStream : WriteOnlyStream
+internal sealed class QueuedFdWriteStream : WriteOnlyStream
 {
     private const int PipeBuf = 4096; // writes up to this size are atomic on a pipe
 
@@ -122,40 +121,18 @@ internal sealed unsafe class QueuedFdWriteStream : WriteOnlyStream
     private ReadOnlySpan<byte> WriteAll(byte[] bytes)
     {
         var written = 0;
-        fixed (byte* p = bytes)
+        while (written < bytes.Length)
         {
-            while (written < bytes.Length)
+            var piece = Math.Min(PipeBuf, bytes.Length - written);
+            if (piece == PipeBuf)
             {
-                var piece = Math.Min(PipeBuf, bytes.Length - written);
-                if (piece == PipeBuf)
-                {
-                    var lineEnd = bytes.AsSpan(written, piece).LastIndexOf((byte)'\n');
-                    if (lineEnd >= 0) piece = lineEnd + 1;
-                }
-                var n = Syscall.write(_fd, p + written, (ulong)piece);
-                if (n > 0)
-                {
-                    written += (int)n;
-                    continue;
-                }
-                var errno = n < 0 ? ErrorNumbers.Last : 0;
-                if (errno == ErrorNumbers.EINTR) continue;
-                if (errno == ErrorNumbers.EAGAIN && WaitWritable()) continue;
-                return bytes.AsSpan(written); // stderr closed or broken: the log is lost, the supervisor goes on
+                var lineEnd = bytes.AsSpan(written, piece).LastIndexOf((byte)'\n');
+                if (lineEnd >= 0) piece = lineEnd + 1;
             }
+            var n = Fd.WriteAll(_fd, bytes.AsSpan(written, piece));
+            written += n;
+            if (n < piece) return bytes.AsSpan(written); // stderr closed or broken: the log is lost, the supervisor goes on
         }
         return [];
-    }
-
-    /// <summary>Someone set O_NONBLOCK on our stderr: block in poll instead, as a blocking write would.</summary>
-    private bool WaitWritable()
-    {
-        var fds = new[] { new Pollfd { fd = _fd, events = PollEvents.POLLOUT } };
-        while (true)
-        {
-            var n = Syscall.poll(fds, 1, -1);
-            if (n > 0) return (fds[0].revents & (PollEvents.POLLERR | PollEvents.POLLHUP | PollEvents.POLLNVAL)) == 0;
-            if (n < 0 && ErrorNumbers.Last != ErrorNumbers.EINTR) return false;
-        }
     }
 }

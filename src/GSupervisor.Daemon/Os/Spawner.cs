@@ -6,10 +6,15 @@
 // clear the signal mask and put the child in its own process group (so a terminal's Ctrl+C reaches only the
 // supervisor).
 //
-// LISTEN_PID must equal the child's own pid, unknown before the spawn, so the child is this same binary in
-// its exec-shim mode (ExecShim), which sets LISTEN_PID=getpid(), arms PR_SET_PDEATHSIG and execs the command:
-// the pid survives exec. posix_spawn runs on the supervisor's event-loop thread, which lives as long as the
-// supervisor: the parent-death signal is tied to the thread that spawned the child.
+// LISTEN_PID must equal the child's own pid, unknown before the spawn, so the child first runs the exec helper
+// gsupervisor-exec (src/GSupervisor.Exec), which sets LISTEN_PID=getpid(), arms PR_SET_PDEATHSIG, switches the
+// user and execs the command: the pid survives exec. The helper is opened once, at start, from beside the
+// supervisor's binary, and every spawn runs that open file (as /proc/self/fd/N, the fd placed just above the
+// listeners): a package upgrade that renames a new helper over the old one changes nothing for a running
+// supervisor, and the two never come from different versions.
+//
+// posix_spawn runs on the supervisor's event-loop thread, which lives as long as the supervisor: the
+// parent-death signal is tied to the thread that spawned the child.
 
 using System.Text;
 
@@ -26,43 +31,55 @@ internal sealed record SpawnRequest(
     int StdoutFd = 1,
     int StderrFd = 2);
 
-/// <summary>The user the child runs as (--user/--group), switched to by the exec shim.</summary>
-internal sealed record ChildUser(string Name, uint Uid, uint Gid);
+/// <summary>The user the child runs as (--user/--group), switched to by the exec shim; Home is the user's home directory.</summary>
+internal sealed record ChildUser(string Name, uint Uid, uint Gid, string Home);
 
 internal sealed class SpawnException(int errno, string message) : Exception(message)
 {
     public int Errno { get; } = errno;
 }
 
-internal static unsafe class Spawner
+internal sealed unsafe class Spawner : IDisposable
 {
-    public const string ShimVerb = "__gsupervisor-exec";
+    public const string HelperName = "gsupervisor-exec";
+
+    private readonly int _helperFd;
+
+    private Spawner(string helperPath, int helperFd)
+    {
+        HelperPath = helperPath;
+        _helperFd = helperFd;
+    }
+
+    /// <summary>The exec helper's path as it was opened at start.</summary>
+    public string HelperPath { get; }
 
     /// <summary>
-    /// The argv that runs this binary's exec shim. The program itself is run as /proc/self/exe, which names
-    /// the running binary even after a package upgrade replaced or removed the file on disk.
+    /// Opens the exec helper beside this binary (the directory of the running executable, symlinks resolved) and
+    /// keeps it open above <paramref name="reservedBelow"/>, where the children's fds go.
     /// </summary>
-    public static IReadOnlyList<string> ShimCommand { get; } = FindShimCommand();
-
-    private const string SelfExecutable = "/proc/self/exe";
-
-    private static string[] FindShimCommand()
+    public static Spawner Open(int reservedBelow)
     {
-        var exe = System.Environment.ProcessPath ?? throw new InvalidOperationException("cannot tell the path of this program");
-        // Run as `dotnet gsupervisor.dll` (framework-dependent, e.g. from tests): the shim needs the dll too.
-        if (Path.GetFileName(exe) == "dotnet")
-        {
-            var dll = Path.Combine(AppContext.BaseDirectory, "gsupervisor.dll");
-            return [exe, dll, ShimVerb];
-        }
-        return [exe, ShimVerb];
+        var path = Path.Combine(AppContext.BaseDirectory, HelperName);
+        if (!Directory.Exists("/proc/self/fd"))
+            throw new StartupException(ExitCodes.OsFile, "/proc is not mounted; gsupervisor needs it to start children (mount proc on /proc)");
+        var fd = Libc.open(path, Libc.O_RDONLY | Libc.O_CLOEXEC);
+        if (fd < 0)
+            throw new StartupException(ExitCodes.OsFile, $"cannot open {path}: {ErrorNumbers.Describe(Libc.LastErrno)}; it ships beside the gsupervisor binary: reinstall gsupervisor");
+        var moved = Libc.fcntl(fd, Libc.F_DUPFD_CLOEXEC, reservedBelow);
+        Libc.close(fd);
+        if (moved < 0)
+            throw new StartupException(ExitCodes.OsError, $"cannot move the exec helper's fd: {ErrorNumbers.Describe(Libc.LastErrno)}");
+        return new Spawner(path, moved);
     }
 
     /// <summary>Spawns the child and returns its pid; throws <see cref="SpawnException"/> with errno on failure.</summary>
-    public static int Spawn(SpawnRequest request)
+    public int Spawn(SpawnRequest request)
     {
-        var argv = new List<string>(ShimCommand)
+        var helperTarget = 3 + request.ListenerFds.Count; // just above the listeners; the helper closes it on exec
+        var argv = new List<string>
         {
+            HelperName,
             request.DeathSignal.ToString(System.Globalization.CultureInfo.InvariantCulture),
             System.Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture),
             request.ListenerFds.Count.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -73,7 +90,7 @@ internal static unsafe class Spawner
 
         using var nativeArgv = new NativeStringArray(argv);
         using var nativeEnv = new NativeStringArray(request.Environment);
-        var path = Encoding.UTF8.GetBytes(SelfExecutable + "\0");
+        var path = Encoding.UTF8.GetBytes($"/proc/self/fd/{helperTarget}\0");
 
         var actions = stackalloc byte[Libc.FileActionsBytes];
         var attr = stackalloc byte[Libc.SpawnAttrBytes];
@@ -93,11 +110,14 @@ internal static unsafe class Spawner
                 for (var i = 0; i < request.ListenerFds.Count; i++)
                 {
                     var source = request.ListenerFds[i];
-                    if (source < 3 + request.ListenerFds.Count)
+                    if (source <= helperTarget)
                         throw new InvalidOperationException($"listener fd {source} lies in the child's target range");
                     Check(Libc.posix_spawn_file_actions_adddup2(actions, source, 3 + i), "adddup2");
                 }
-                Check(Libc.posix_spawn_file_actions_addclosefrom_np(actions, 3 + request.ListenerFds.Count), "addclosefrom_np");
+                if (_helperFd <= helperTarget)
+                    throw new InvalidOperationException($"the exec helper's fd {_helperFd} lies in the child's target range");
+                Check(Libc.posix_spawn_file_actions_adddup2(actions, _helperFd, helperTarget), "adddup2 helper");
+                Check(Libc.posix_spawn_file_actions_addclosefrom_np(actions, helperTarget + 1), "addclosefrom_np");
 
                 Libc.sigfillset(allSignals);
                 Libc.sigemptyset(noSignals);
@@ -111,7 +131,7 @@ internal static unsafe class Spawner
                 {
                     var rc = Libc.posix_spawn(out var pid, p, actions, attr, nativeArgv.Pointer, nativeEnv.Pointer);
                     if (rc != 0)
-                        throw new SpawnException(rc, $"posix_spawn {ShimCommand[0]}: {ErrorNumbers.Describe(rc)}");
+                        throw new SpawnException(rc, $"posix_spawn {HelperPath}: {ErrorNumbers.Describe(rc)}");
                     return pid;
                 }
             }
@@ -125,6 +145,8 @@ internal static unsafe class Spawner
             Libc.posix_spawn_file_actions_destroy(actions);
         }
     }
+
+    public void Dispose() => Libc.close(_helperFd);
 
     private static void Check(int rc, string what)
     {
