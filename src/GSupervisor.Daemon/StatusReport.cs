@@ -29,6 +29,9 @@ internal static class StatusReport
             : "none").Append('\n');
         if (machine.ReloadPending) sb.Append("a reload is queued\n");
         sb.Append(CultureInfo.InvariantCulture, $"command: {string.Join(' ', settings.Command)}\n");
+        var self = SelfFigures.Read();
+        sb.Append(CultureInfo.InvariantCulture,
+            $"supervisor: RSS {self.RssBytes / 1048576.0:0.0} MiB, managed heap {self.ManagedHeapBytes / 1048576.0:0.0} MiB ({self.ManagedCommittedBytes / 1048576.0:0.0} MiB committed), {self.Threads} threads, {self.OpenFds} fds\n");
         return sb.ToString();
     }
 
@@ -95,6 +98,14 @@ internal static class StatusReport
             {
                 w.WriteNull("lastReload");
             }
+            var self = SelfFigures.Read();
+            w.WriteStartObject("supervisor");
+            w.WriteNumber("rssBytes", self.RssBytes);
+            w.WriteNumber("managedHeapBytes", self.ManagedHeapBytes);
+            w.WriteNumber("managedCommittedBytes", self.ManagedCommittedBytes);
+            w.WriteNumber("threads", self.Threads);
+            w.WriteNumber("openFds", self.OpenFds);
+            w.WriteEndObject();
             w.WriteEndObject();
         }
         return Encoding.UTF8.GetString(stream.ToArray()) + "\n";

@@ -37,6 +37,16 @@ public class ControlTests
         Assert.That(root.GetProperty("pid").GetInt32(), Is.EqualTo(supervisor.Pid));
         Assert.That(root.GetProperty("generations")[0].GetProperty("state").GetString(), Is.EqualTo("ready"));
         Assert.That(root.GetProperty("listeners")[0].GetProperty("address").GetString(), Is.EqualTo($"127.0.0.1:{port}"));
+
+        // Its own footprint, as /proc tells it (the control connection being answered is one more fd).
+        var self = root.GetProperty("supervisor");
+        var rssKiB = Native.RssKiB(supervisor.Pid);
+        Assert.That(self.GetProperty("rssBytes").GetInt64() / 1024, Is.InRange(rssKiB / 2, rssKiB * 2));
+        var fds = Directory.GetFileSystemEntries($"/proc/{supervisor.Pid}/fd").Length;
+        Assert.That(self.GetProperty("openFds").GetInt32(), Is.InRange(fds, fds + 1));
+        Assert.That(self.GetProperty("threads").GetInt32(), Is.GreaterThanOrEqualTo(5));
+        Assert.That(self.GetProperty("managedHeapBytes").GetInt64(), Is.GreaterThan(0));
+        Assert.That(text, Does.Match(@"supervisor: RSS \d+\.\d MiB, managed heap \d+\.\d MiB \(\d+\.\d MiB committed\), \d+ threads, \d+ fds"));
     }
 
     [Test]
