@@ -96,7 +96,27 @@ internal static class Paths
 
     public static string Root => Metadata("RepositoryRoot");
     private static string Configuration => Metadata("Configuration");
-    public static string Supervisor => Path.Combine(Root, "src/GSupervisor.Daemon/bin", Configuration, "net10.0/gsupervisor");
+
+    /// <summary>
+    /// The installed tree under test: what the .deb holds (`make deb`; `make test` builds it and sets
+    /// GSUPERVISOR_ROOT). The integration tests drive its native binary, never a JIT build.
+    /// </summary>
+    public static string InstalledRoot { get; } = Environment.GetEnvironmentVariable("GSUPERVISOR_ROOT") is { Length: > 0 } root
+        ? root : Path.Combine(Root, "out/deb/root");
+
+    public static string Supervisor => Installed("usr/bin/gsupervisor");
+
+    /// <summary>The package the installed tree came from (`make deb`; `make test` sets GSUPERVISOR_DEB).</summary>
+    public static string Deb => Environment.GetEnvironmentVariable("GSUPERVISOR_DEB") is { Length: > 0 } deb
+        ? deb : Directory.GetFiles(Path.Combine(Root, "out"), "gsupervisor_*.deb").Single();
+
+    private static string Installed(string relative)
+    {
+        var path = Path.Combine(InstalledRoot, relative);
+        if (!File.Exists(path))
+            Assert.Fail($"{path} is missing: the integration tests drive the installed native binary; run `make test` (or `make deb` before `dotnet test`)");
+        return path;
+    }
     public static string TestChild => Path.Combine(Root, "tests/TestChild/bin", Configuration, "net10.0/TestChild");
     public static string EchoServer => Path.Combine(Root, "examples/EchoServer/bin", Configuration, "net10.0/EchoServer");
     public static string SystemdKestrel => Path.Combine(Root, "examples/SystemdKestrel/bin", Configuration, "net10.0/SystemdKestrel");
