@@ -429,7 +429,9 @@ public class FaultTests
             $"RSS {rssBefore / 1024} MiB -> {rssHalf / 1024} MiB (half way) -> {rssAfter / 1024} MiB");
 
         Assert.That(fdsAfter, Is.LessThanOrEqualTo(fdsBefore), "no fd leaks");
-        Assert.That(rssAfter - rssHalf, Is.LessThan(24 * 1024), "RSS levels off (the heap settles in the first hundreds)");
+        // The GC's first-generation budget is 1 MiB (see the daemon's csproj): the heap settles within the first
+        // hundreds of reloads and stays. (With the default budget sized from the L3 cache it grew by 20 MiB.)
+        Assert.That(rssAfter - rssHalf, Is.LessThan(3 * 1024), "RSS is flat over the second half");
         var succeeded = supervisor.Lines.Select(l => Regex.Match(l, @"reload succeeded: generation (\d+) ")).Where(m => m.Success)
             .Select(m => int.Parse(m.Groups[1].Value)).ToList();
         Assert.That(succeeded, Is.EqualTo(Enumerable.Range(2, reloads)), "generation numbers advance one by one");
