@@ -87,21 +87,23 @@ demo: build publish
 	@echo
 	$(PUBLISHED) --listen :$(PORT) --pid-file out/demo.pid -- $(DOTNET) $(HELLO_DLL)
 
-# gsupervisor against the alternatives (Server::Starter, restart, SO_REUSEPORT overlap) under the same wrk
-# load, and its own footprint: writes bench/results/latest.md, bench/results/latest.png and README.md's tables
-# (about 12 minutes). Installs wrk, libserver-starter-perl, gnuplot-nox and hyperfine from Debian when missing.
+# gsupervisor (as `make deb` installs it) against the alternatives (Server::Starter, restart, SO_REUSEPORT
+# overlap) under the same wrk load, and how light it is beside Server::Starter and systemd-socket-activate:
+# writes bench/results/latest.md, bench/results/latest.png and README.md's tables (about 12 minutes).
+# Installs wrk, libserver-starter-perl, gnuplot-nox and systemd from Debian when missing.
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--reloads 3 --idle 5" for a quick look (written to out/bench/results;
 # only a full run rewrites bench/results and the README).
-bench: build publish
+bench: build deb
 	bench/install-deps.sh
-	$(DOTNET) bench/CompareBench/bin/$(CONFIG)/net10.0/CompareBench.dll --config $(CONFIG) --supervisor $(PUBLISHED) $(BENCH_ARGS)
+	$(DOTNET) bench/CompareBench/bin/$(CONFIG)/net10.0/CompareBench.dll --config $(CONFIG) $(BENCH_ARGS)
 
 # Reload benchmark: drain vs stock Kestrel, keep-alive and new-connection load; prints a Markdown table.
 bench-reload: build publish
 	GSUPERVISOR=$(PUBLISHED) $(DOTNET) bench/ReloadBench/bin/$(CONFIG)/net10.0/ReloadBench.dll 10 $(CONFIG)
 
-# 1000 reloads of a fast child: the supervisor's fd count, RSS and CPU, and idle CPU afterwards.
+# 1000 reloads of a fast child under gsupervisor and under Server::Starter: fds, RSS and CPU, idle CPU afterwards.
 soak: publish
+	bench/install-deps.sh
 	SUPERVISOR=$(PUBLISHED) bench/reload-soak.sh 1000 30
 
 clean:

@@ -2,8 +2,11 @@
 // load. For each workload (wrk keep-alive and wrk Connection: close, 50 connections) and each strategy
 // (Strategies.cs) it starts the server, runs wrk with timeline.lua, requests RELOADS reloads on a fixed
 // schedule and records when each was requested, when the new process served and when the old one was
-// gone. Then gsupervisor's own figures: HelloKestrel's throughput under gsupervisor against the same app
-// run directly, start-up time to the first child, and idle CPU and RSS over 60 s. Report.cs writes
+// gone. Before that, how light gsupervisor is (Footprint.cs: --version, the exec helper's cost per spawn,
+// a child's first answer against systemd-socket-activate, idle RSS against Server::Starter, installed
+// size) and its own figures: HelloKestrel's throughput under gsupervisor against the same app run
+// directly, start-up time to the first child; after the runs, idle CPU and RSS over 60 s. gsupervisor is
+// the Native AOT binary as `make deb` installs it (out/deb/root/usr). Report.cs writes
 // bench/results/latest.md and latest.png (gnuplot) and the README's table. Raw logs, wrk output and the
 // timelines stay in out/bench/.
 //
@@ -35,9 +38,12 @@ catch (Exception e) when (e is ArgumentException or FormatException)
 }
 var root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../.."));
 string Bin(string project, string name) => Path.Combine(root, project, "bin", options.Config, "net10.0", name);
-var paths = new Paths(root, Bin("src/GSupervisor.Daemon", "gsupervisor"), Bin("examples/HelloKestrel", "HelloKestrel"),
+// gsupervisor as users install it: the tree of `make deb` (Native AOT).
+var installedTree = Path.Combine(root, "out/deb/root/usr");
+var paths = new Paths(root, Path.Combine(installedTree, "bin/gsupervisor"), Bin("examples/HelloKestrel", "HelloKestrel"),
     Bin("bench/StockKestrel", "StockKestrel"), Path.Combine(AppContext.BaseDirectory, "timeline.lua"),
-    Path.GetFullPath(options.OutDirectory, root), Path.GetFullPath(options.ResultsDirectory, root));
+    Path.GetFullPath(options.OutDirectory, root), Path.GetFullPath(options.ResultsDirectory, root), installedTree,
+    Directory.Exists(Path.Combine(root, "out")) ? Directory.GetFiles(Path.Combine(root, "out"), "gsupervisor_*.deb").FirstOrDefault() ?? "" : "");
 
 using var cancel = new CancellationTokenSource();
 using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
@@ -93,8 +99,8 @@ try
 
     async Task<Findings> MeasureAsync()
     {
-        foreach (var file in new[] { paths.GSupervisor, paths.HelloKestrel, paths.StockKestrel, paths.Script })
-            if (!File.Exists(file)) throw new BenchException($"{file} is missing: run make build first");
+        foreach (var file in new[] { paths.GSupervisor, paths.Package, paths.HelloKestrel, paths.StockKestrel, paths.Script })
+            if (!File.Exists(file)) throw new BenchException($"{(file.Length == 0 ? "out/gsupervisor_*.deb" : file)} is missing: run make build and make deb first (make bench does)");
         if (options.Only?.Except(strategies.Select(s => s.Key)).FirstOrDefault() is { } unknown)
             throw new BenchException($"--only: no strategy '{unknown}' (there are {string.Join(", ", strategies.Select(s => s.Key))})");
         Libc.CheckStopwatchIsMonotonicClock();
@@ -105,6 +111,7 @@ try
         var machine = Machine.Describe();
         Say($"gsupervisor bench: {options.Reloads} reloads every {options.Interval} s per strategy and workload; {machine.Cores} cores, load average {machine.LoadAverage}");
 
+        var footprint = await Footprint.MeasureAsync(paths, Say, token);
         var startup = await OwnFigures.StartupAsync(paths, 5, token);
         Say($"gsupervisor start-up to first child spawn: {startup.Median:F0} ms (median of {startup.Samples.Count})");
         var throughput = await OwnFigures.DirectVsSupervisedAsync(paths, rounds: 12, TimeSpan.FromSeconds(options.ThroughputSeconds), token);
@@ -122,7 +129,7 @@ try
 
         var idle = await OwnFigures.IdleAsync(paths, TimeSpan.FromSeconds(options.IdleSeconds), token);
         Say($"gsupervisor idle: {idle.CpuSeconds:F2} s CPU over {idle.Seconds:F0} s, RSS {idle.RssMiB:F1} MiB");
-        return new Findings(options, machine, DateTime.UtcNow, Machine.CurrentLoadAverage(), clock.Elapsed.TotalSeconds, startup, throughput, idle, saved);
+        return new Findings(options, machine, DateTime.UtcNow, Machine.CurrentLoadAverage(), clock.Elapsed.TotalSeconds, startup, throughput, idle, footprint, saved);
     }
 }
 catch (OperationCanceledException) when (token.IsCancellationRequested)
@@ -141,7 +148,8 @@ finally
 }
 
 /// <summary>Where the binaries are, and where logs go.</summary>
-internal sealed record Paths(string Root, string GSupervisor, string HelloKestrel, string StockKestrel, string Script, string OutDirectory, string ResultsDirectory)
+internal sealed record Paths(string Root, string GSupervisor, string HelloKestrel, string StockKestrel, string Script, string OutDirectory, string ResultsDirectory,
+    string InstalledTree, string Package)
 {
     public string Log(string name) => Path.Combine(OutDirectory, "logs", name + ".log");
 
@@ -158,7 +166,7 @@ internal sealed record Paths(string Root, string GSupervisor, string HelloKestre
 
 /// <summary>Everything a run measured, kept in out/bench/findings.json so that --report-only can write the report again.</summary>
 internal sealed record Findings(Options Options, Machine Machine, DateTime Finished, string EndLoadAverage, double ElapsedSeconds,
-    StartupFigures Startup, ThroughputFigures Throughput, IdleFigures Idle, IReadOnlyList<SavedRun> Runs)
+    StartupFigures Startup, ThroughputFigures Throughput, IdleFigures Idle, FootprintFigures Footprint, IReadOnlyList<SavedRun> Runs)
 {
     private static readonly JsonSerializerOptions Json = new() { IncludeFields = true, WriteIndented = true };
 

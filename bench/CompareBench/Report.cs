@@ -19,6 +19,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
     private readonly StartupFigures _startup = findings.Startup;
     private readonly ThroughputFigures _throughput = findings.Throughput;
     private readonly IdleFigures _idle = findings.Idle;
+    private readonly FootprintFigures _footprint = findings.Footprint;
     private readonly TimeSpan _elapsed = TimeSpan.FromSeconds(findings.ElapsedSeconds);
     private readonly DateTime _finished = findings.Finished;
     private readonly string _endLoad = findings.EndLoadAverage;
@@ -78,10 +79,26 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
             $"plain `wrk -t 2 -c 50` keep-alive on the same app, run directly (`--urls`) and under gsupervisor, both up at once; after a 5 s warm-up of each, " +
             $"{_throughput.Pairs.Count} rounds of {_throughput.Each.TotalSeconds:F0} s each way in ABBA order; the median of the rounds' ratios (range {F(_throughput.Min, "0.00")}–{F(_throughput.Max, "0.00")}; " +
             $"mean {_throughput.Supervised:N0} req/s supervised, {_throughput.Direct:N0} direct) |");
-        md.AppendLine($"| start-up to first child spawn | {F(_startup.Median, "0")} ms | from starting `gsupervisor` (the framework-dependent build of `make build`) to its `generation 1 (pid P) started` line; median of {_startup.Samples.Count} (" +
+        md.AppendLine($"| start-up to first child spawn | {F(_startup.Median, "0")} ms | from starting `gsupervisor` (the Native AOT binary as `make deb` installs it) to its `generation 1 (pid P) started` line; median of {_startup.Samples.Count} (" +
             string.Join(", ", _startup.Samples.Select(s => F(s, "0"))) + " ms) |");
         md.AppendLine($"| idle CPU | {F(_idle.CpuSeconds, "0.00")} s over {F(_idle.Seconds, "0")} s | user + system time of the gsupervisor process (/proc/PID/stat) with one idle HelloKestrel child, nothing else running in the bench |");
         md.AppendLine($"| RSS | {F(_idle.RssMiB, "0.0")} MiB | VmRSS of the gsupervisor process at the end of that quiet minute |");
+        md.AppendLine();
+
+        md.AppendLine("## How light it is");
+        md.AppendLine();
+        md.Append(FootprintTable());
+        md.AppendLine();
+        md.AppendLine($"- `--version`: wall time from `posix_spawn` to the exit of `gsupervisor --version` and of `start_server --version`, stdout to /dev/null; the median of {_footprint.VersionRuns} runs each.");
+        md.AppendLine($"- Per-spawn cost of the exec helper: every child first runs `gsupervisor-exec` (it sets `LISTEN_PID`, the parent-death signal and the user, then execs the command). " +
+            $"The median of {_footprint.SpawnRuns} `posix_spawn` + `waitpid` of `/bin/true` through it ({F(_footprint.HelperSpawnMs, "0.00")} ms) less the median of {_footprint.SpawnRuns} bare ones ({F(_footprint.BareSpawnMs, "0.00")} ms), in ABBA halves.");
+        md.AppendLine($"- First answer: from starting `gsupervisor --listen 127.0.0.1:PORT -- StockKestrel` to the stock app's first HTTP answer, a client connecting as soon as the port is bound (the connection waits in the accept queue until the app serves); " +
+            $"the same for `systemd-socket-activate --listen 127.0.0.1:PORT StockKestrel`, which execs the app on that first connection. Medians of {_footprint.FirstAnswerRounds} alternating rounds: " +
+            $"{F(_footprint.FirstAnswerMs, "0")} ms and {F(_footprint.ActivatorFirstAnswerMs, "0")} ms. Most of either is the .NET app's own start.");
+        md.AppendLine("- Idle RSS: VmRSS of the supervising process 3 s after its one stock-app child answers (gsupervisor; start_server's perl).");
+        md.AppendLine($"- Installed size: `du -sk` of the tree `make deb` packages (binary, exec helper, Mono.Posix's native library, unit, man page, examples, README) and the .deb file; " +
+            "for Server::Starter, Debian's Installed-Size of libserver-starter-perl and of perl-base, which it needs.");
+        md.AppendLine("- RSS over 1000 reloads is `make soak`'s figure (bench/reload-soak.sh), for gsupervisor and start_server.");
         md.AppendLine();
 
         md.AppendLine("## Where the failures come from");
@@ -152,6 +169,20 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         return md.ToString();
     }
 
+    private string FootprintTable()
+    {
+        var f = _footprint;
+        var md = new StringBuilder();
+        md.AppendLine("| figure | gsupervisor | beside it |");
+        md.AppendLine("| --- | ---: | --- |");
+        md.AppendLine($"| RSS, idle with one child | **{F(f.IdleRssMiB, "0.0")} MiB** | Server::Starter {F(f.StarterIdleRssMiB, "0.0")} MiB |");
+        md.AppendLine($"| `--version` | **{F(f.VersionMs, "0.0")} ms** | `start_server --version` {F(f.StarterVersionMs, "0.0")} ms |");
+        md.AppendLine($"| first answer of a child, beyond `systemd-socket-activate` | **{F(f.FirstAnswerExtraMs, "+0;-0")} ms** | {F(f.FirstAnswerMs, "0")} ms against {F(f.ActivatorFirstAnswerMs, "0")} ms |");
+        md.AppendLine($"| per-spawn cost of the exec helper | **{F(f.HelperCostMs, "0.0")} ms** | a bare spawn of `/bin/true`: {F(f.BareSpawnMs, "0.0")} ms |");
+        md.AppendLine($"| installed size | **{F(f.InstalledKiB / 1024.0, "0.0")} MiB** ({F(f.PackageKiB / 1024.0, "0.0")} MiB .deb) | libserver-starter-perl {F(f.StarterInstalledKiB / 1024.0, "0.0")} MiB + perl-base {F(f.PerlBaseInstalledKiB / 1024.0, "0.0")} MiB |");
+        return md.ToString();
+    }
+
     private string MainTable(Workload workload)
     {
         var md = new StringBuilder();
@@ -192,6 +223,10 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"HelloKestrel's throughput under gsupervisor ÷ run directly: {F(_throughput.Ratio, "0.00")} (median of {_throughput.Pairs.Count} alternating rounds, " +
             $"range {F(_throughput.Min, "0.00")}–{F(_throughput.Max, "0.00")}; the supervisor is not in the data path). " +
             $"gsupervisor spawns its first child {F(_startup.Median, "0")} ms after it is started and used {F(_idle.CpuSeconds, "0.00")} s of CPU over {F(_idle.Seconds, "0")} idle seconds, at {F(_idle.RssMiB, "0.0")} MiB RSS.");
+        md.AppendLine();
+        md.AppendLine("How light it is (the Native AOT binary as installed; definitions in the full report):");
+        md.AppendLine();
+        md.Append(FootprintTable());
         md.AppendLine();
         md.AppendLine("![answered and failed requests per second over time during the reloads, one line per strategy](bench/results/latest.png)");
         md.Append(ReadmeEnd);

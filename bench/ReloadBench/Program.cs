@@ -13,7 +13,8 @@ var reloads = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture)
 var config = args.Length > 1 ? args[1] : "Release";
 var root = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../.."));
 string Bin(string project, string name) => Path.Combine(root, project, "bin", config, "net10.0", name);
-var supervisorPath = Bin("src/GSupervisor.Daemon", "gsupervisor");
+// The native binary (make bench-reload sets GSUPERVISOR to the published one), else the tree of `make deb`.
+var supervisorPath = Environment.GetEnvironmentVariable("GSUPERVISOR") is { Length: > 0 } given ? given : Path.Combine(root, "out/deb/root/usr/bin/gsupervisor");
 
 var apps = new (string Label, string[] Arguments)[]
 {
