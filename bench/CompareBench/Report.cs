@@ -179,9 +179,11 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"| `--version` | **{F(f.VersionMs, "0.0")} ms** | `start_server --version` {F(f.StarterVersionMs, "0.0")} ms |");
         md.AppendLine($"| first answer of a child, beyond `systemd-socket-activate` | **{F(f.FirstAnswerExtraMs, "+0;-0")} ms** | {F(f.FirstAnswerMs, "0")} ms against {F(f.ActivatorFirstAnswerMs, "0")} ms |");
         md.AppendLine($"| per-spawn cost of the exec helper | **{F(f.HelperCostMs, "0.0")} ms** | a bare spawn of `/bin/true`: {F(f.BareSpawnMs, "0.0")} ms |");
-        md.AppendLine($"| installed size | **{F(f.InstalledKiB / 1024.0, "0.0")} MiB** ({F(f.PackageKiB / 1024.0, "0.0")} MiB .deb) | libserver-starter-perl {F(f.StarterInstalledKiB / 1024.0, "0.0")} MiB + perl-base {F(f.PerlBaseInstalledKiB / 1024.0, "0.0")} MiB |");
+        md.AppendLine($"| installed size | **{Size(f.InstalledKiB)}** ({Size(f.PackageKiB)} .deb) | libserver-starter-perl {Size(f.StarterInstalledKiB)} + perl-base {Size(f.PerlBaseInstalledKiB)} |");
         return md.ToString();
     }
+
+    private static string Size(long kib) => kib < 1024 ? $"{kib} KiB" : $"{F(kib / 1024.0, "0.0")} MiB";
 
     private string MainTable(Workload workload)
     {

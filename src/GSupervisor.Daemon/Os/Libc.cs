@@ -1,7 +1,7 @@
 // Overview
 // --------
 // The libc calls Mono.Posix does not offer (posix_spawn with file actions and signal attributes, prctl,
-// close_range, execve, signal dispositions, IPV6_V6ONLY), one LibraryImport per method with its errno handling
+// epoll, signal dispositions, socket options), one LibraryImport per method with its errno handling
 // beside it. Everything else goes through Mono.Unix.Native.Syscall. Linux/glibc only; struct sizes are padded
 // generously where glibc keeps them opaque.
 
@@ -16,10 +16,7 @@ internal static unsafe partial class Libc
     public const int POSIX_SPAWN_SETPGROUP = 0x02;
     public const int POSIX_SPAWN_SETSIGDEF = 0x04;
     public const int POSIX_SPAWN_SETSIGMASK = 0x08;
-    public const int PR_SET_PDEATHSIG = 1;
     public const int PR_SET_CHILD_SUBREAPER = 36;
-    public const uint CLOSE_RANGE_CLOEXEC = 1u << 2;
-    public const int SIG_SETMASK = 2;
     public const int O_RDONLY = 0;
     public const int IPPROTO_IPV6 = 41;
     public const int IPV6_V6ONLY = 26;
@@ -77,48 +74,12 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "sigemptyset")]
     public static partial int sigemptyset(void* set);
 
-    [LibraryImport(Lib, EntryPoint = "sigprocmask", SetLastError = true)]
-    public static partial int sigprocmask(int how, void* set, void* oldset);
-
     /// <summary>Sets a signal's disposition; <paramref name="handler"/> 0 is SIG_DFL.</summary>
     [LibraryImport(Lib, EntryPoint = "signal", SetLastError = true)]
     public static partial nint signal(int signum, nint handler);
 
-    /// <summary>glibc's struct sigaction begins with the handler; 256 bytes hold all of it.</summary>
-    public const int SigactionBytes = 256;
-
-    [LibraryImport(Lib, EntryPoint = "sigaction", SetLastError = true)]
-    public static partial int sigaction(int signum, void* action, void* oldAction);
-
-    [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
-    private static partial long syscall(long number, long a1, void* a2, void* a3, long a4);
-
-    /// <summary>
-    /// Resets a signal to SIG_DFL with the raw rt_sigaction system call, which, unlike glibc's wrappers,
-    /// also reaches the two real-time signals glibc keeps for itself (32 and 33).
-    /// </summary>
-    public static int ResetSignalRaw(int signum)
-    {
-        long number = System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture switch
-        {
-            Architecture.X64 => 13,
-            Architecture.Arm64 => 134,
-            _ => -1,
-        };
-        if (number < 0) return -1;
-        var kernelSigaction = stackalloc byte[64]; // handler, flags, restorer, mask: all zero is SIG_DFL
-        new Span<byte>(kernelSigaction, 64).Clear();
-        return (int)syscall(number, signum, kernelSigaction, null, 8);
-    }
-
     [LibraryImport(Lib, EntryPoint = "prctl", SetLastError = true)]
     public static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
-
-    [LibraryImport(Lib, EntryPoint = "close_range", SetLastError = true)]
-    public static partial int close_range(uint first, uint last, uint flags);
-
-    [LibraryImport(Lib, EntryPoint = "execve", SetLastError = true)]
-    public static partial int execve(byte* path, byte** argv, byte** envp);
 
     [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
     public static partial int setsockopt(int fd, int level, int name, int* value, uint length);
@@ -126,24 +87,10 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
     public static partial int getsockopt(int fd, int level, int name, void* value, uint* length);
 
-    public const int F_SETFD = 2;
-    public const int FD_CLOEXEC = 1;
     public const int F_DUPFD_CLOEXEC = 1030;
 
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl(int fd, int command, int argument);
-
-    [LibraryImport(Lib, EntryPoint = "initgroups", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int initgroups(string user, uint group);
-
-    [LibraryImport(Lib, EntryPoint = "setgid", SetLastError = true)]
-    public static partial int setgid(uint gid);
-
-    [LibraryImport(Lib, EntryPoint = "setuid", SetLastError = true)]
-    public static partial int setuid(uint uid);
-
-    [LibraryImport(Lib, EntryPoint = "getppid")]
-    public static partial int getppid();
 
     public const int O_CLOEXEC = 0x80000;
 
@@ -225,15 +172,11 @@ internal sealed unsafe class NativeStringArray : IDisposable
     private readonly nint[] _strings;
     public byte** Pointer { get; private set; }
 
-    public NativeStringArray(IReadOnlyList<string> values) : this(values.ToArray())
+    public NativeStringArray(IReadOnlyList<string> values)
     {
-    }
-
-    public NativeStringArray(ReadOnlySpan<string> values)
-    {
-        _strings = new nint[values.Length];
-        Pointer = (byte**)NativeMemory.AllocZeroed((nuint)(values.Length + 1), (nuint)sizeof(nint));
-        for (var i = 0; i < values.Length; i++)
+        _strings = new nint[values.Count];
+        Pointer = (byte**)NativeMemory.AllocZeroed((nuint)(values.Count + 1), (nuint)sizeof(nint));
+        for (var i = 0; i < values.Count; i++)
         {
             _strings[i] = Marshal.StringToCoTaskMemUTF8(values[i]);
             Pointer[i] = (byte*)_strings[i];

@@ -31,7 +31,7 @@ internal sealed record SpawnRequest(
     int StdoutFd = 1,
     int StderrFd = 2);
 
-/// <summary>The user the child runs as (--user/--group), switched to by the exec shim; Home is the user's home directory.</summary>
+/// <summary>The user the child runs as (--user/--group), switched to by the exec helper; Home is the user's home directory.</summary>
 internal sealed record ChildUser(string Name, uint Uid, uint Gid, string Home);
 
 internal sealed class SpawnException(int errno, string message) : Exception(message)
