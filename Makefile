@@ -70,8 +70,9 @@ $(SYSTEMD_ROOT)/.complete:
 	@packaging/need.sh debootstrap:debootstrap systemd-nspawn:systemd-container
 	tests/systemd/make-root.sh $(SYSTEMD_ROOT)
 
-# The whole suite (about 10 minutes): unit tests (fake clock) and integration tests against the installed
-# native binary (real processes, sockets, signals), the packaged units under a real systemd in a container.
+# The whole suite (about 5 minutes; the first time a minute or two more for the Debian root): unit tests (fake
+# clock), integration tests against the installed native binary (real processes, sockets, signals), and the
+# packaged units under a real systemd in a container.
 test: build deb systemd-root
 	GSUPERVISOR_ROOT=$(TEST_ROOT) GSUPERVISOR_DEB=$(CURDIR)/out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb \
 	GSUPERVISOR_SYSTEMD_ROOT=$(CURDIR)/$(SYSTEMD_ROOT) \

@@ -61,7 +61,7 @@ internal static unsafe partial class Program
     /// <summary>This process's environment (the one the supervisor built) with LISTEN_PID set to our pid, or dropped without listeners.</summary>
     private static byte** EnvironmentWithListenPid(int listenerCount)
     {
-        var environ = *(byte***)dlsym(null, "environ"u8);
+        var environ = *(byte***)dlsym(null, "environ\0"u8);
         var count = 0;
         while (environ[count] != null) count++;
         var result = (byte**)NativeMemory.AllocZeroed((nuint)(count + 2), (nuint)sizeof(nint));

@@ -47,6 +47,29 @@ public class PackagedUnitTests
 
     private static int GenerationPid(string body) => int.Parse(Regex.Match(body, @"pid=(\d+)").Groups[1].Value);
 
+    /// <summary>
+    /// A deploy that cannot start (the app's files are gone): `systemctl reload` fails, the unit stays active
+    /// with the same main process, its status says so, and generation 2 answers on.
+    /// </summary>
+    private void ReloadIntoAFailedDeploy(string unit, string mainPid, string url, string servingAnswer)
+    {
+        Directory.Move(Path.Combine(_container.Root, "srv/hello"), Path.Combine(_container.Root, "srv/hello.off"));
+        try
+        {
+            var (code, output) = _container.Exec("systemctl", "reload", unit);
+            Assert.That(code, Is.Not.EqualTo(0), output);
+        }
+        finally
+        {
+            Directory.Move(Path.Combine(_container.Root, "srv/hello.off"), Path.Combine(_container.Root, "srv/hello"));
+        }
+        var afterFailure = _container.Show(unit, "ActiveState", "MainPID", "StatusText");
+        Assert.That(afterFailure["ActiveState"], Is.EqualTo("active"));
+        Assert.That(afterFailure["MainPID"], Is.EqualTo(mainPid));
+        Assert.That(afterFailure["StatusText"], Does.StartWith("serving generation 2").And.Contain("last reload failed"));
+        Assert.That(_container.Get(url), Is.EqualTo(servingAnswer), "generation 2 still answers");
+    }
+
     [Test]
     public void Template_unit_starts_reloads_survives_a_failed_reload_and_stops()
     {
@@ -71,22 +94,7 @@ public class PackagedUnitTests
         Assert.That(GenerationPid(second), Is.Not.EqualTo(GenerationPid(first)));
         Assert.That(_container.Show(unit, "MainPID")["MainPID"], Is.EqualTo(mainPid), "a reload keeps the supervisor");
 
-        // A deploy that cannot start: `systemctl reload` fails, the unit stays active, generation 2 serves on.
-        Directory.Move(Path.Combine(_container.Root, "srv/hello"), Path.Combine(_container.Root, "srv/hello.off"));
-        try
-        {
-            var (code, output) = _container.Exec("systemctl", "reload", unit);
-            Assert.That(code, Is.Not.EqualTo(0), output);
-        }
-        finally
-        {
-            Directory.Move(Path.Combine(_container.Root, "srv/hello.off"), Path.Combine(_container.Root, "srv/hello"));
-        }
-        var afterFailure = _container.Show(unit, "ActiveState", "MainPID", "StatusText");
-        Assert.That(afterFailure["ActiveState"], Is.EqualTo("active"));
-        Assert.That(afterFailure["MainPID"], Is.EqualTo(mainPid));
-        Assert.That(afterFailure["StatusText"], Does.StartWith("serving generation 2").And.Contain("last reload failed"));
-        Assert.That(_container.Get("http://127.0.0.1:8080/"), Is.EqualTo(second), "generation 2 still answers");
+        ReloadIntoAFailedDeploy(unit, mainPid, "http://127.0.0.1:8080/", second);
 
         _container.Must("systemctl", "stop", unit);
         var stopped = _container.Show(unit, "ActiveState", "Result");
@@ -96,7 +104,7 @@ public class PackagedUnitTests
     }
 
     [Test]
-    public void Socket_activated_pair_starts_on_the_first_connection_reloads_and_stops()
+    public void Socket_activated_pair_starts_on_the_first_connection_reloads_survives_a_failed_reload_and_stops()
     {
         foreach (var file in new[] { "hello-activated.socket", "hello-activated.service" })
             File.Copy(Path.Combine(_container.Root, "usr/share/doc/gsupervisor/examples", file), Path.Combine(_container.Root, "etc/systemd/system", file), overwrite: true);
@@ -116,6 +124,8 @@ public class PackagedUnitTests
         var second = _container.Get("http://127.0.0.1:80/");
         Assert.That(second, Does.EndWith("gen=2"));
         Assert.That(_container.Show("hello-activated.service", "MainPID")["MainPID"], Is.EqualTo(service["MainPID"]));
+
+        ReloadIntoAFailedDeploy("hello-activated.service", service["MainPID"], "http://127.0.0.1:80/", second);
 
         _container.Must("systemctl", "stop", "hello-activated.service", "hello-activated.socket");
         Assert.That(_container.Show("hello-activated.service", "ActiveState", "Result"),
