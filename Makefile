@@ -67,6 +67,7 @@ deb:
 # debootstrap of Debian 12 with systemd, made once and kept (about 300 MB, a minute or two).
 systemd-root: $(SYSTEMD_ROOT)/.complete
 $(SYSTEMD_ROOT)/.complete:
+	@[ "$$(id -u)" = 0 ] || { echo "make: debootstrap and the container tests need root: run make test as root" >&2; exit 1; }
 	@packaging/need.sh debootstrap:debootstrap systemd-nspawn:systemd-container
 	tests/systemd/make-root.sh $(SYSTEMD_ROOT)
 

@@ -234,8 +234,10 @@ internal static unsafe partial class Spawn
                 var start = Stopwatch.GetTimestamp();
                 var rc = PosixSpawn(out var pid, path, actions, null, nativeArgv, nativeEnv);
                 if (rc != 0) throw new BenchException($"cannot run {argv[0]}: posix_spawn error {rc}");
-                while (WaitPid(pid, out var status, 0) < 0)
+                int status;
+                while (WaitPid(pid, out status, 0) < 0)
                     if (Marshal.GetLastPInvokeError() != 4 /* EINTR */) throw new BenchException($"waitpid {pid}: errno {Marshal.GetLastPInvokeError()}");
+                if (status != 0) throw new BenchException($"{string.Join(' ', argv)} failed (wait status {status}): a failing run would time as a fast one");
                 if (i >= 0) samples[i] = ReloadTiming.Milliseconds(Stopwatch.GetTimestamp() - start);
             }
             Array.Sort(samples);

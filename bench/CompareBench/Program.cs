@@ -166,7 +166,7 @@ internal sealed record Paths(string Root, string GSupervisor, string HelloKestre
 
 /// <summary>Everything a run measured, kept in out/bench/findings.json so that --report-only can write the report again.</summary>
 internal sealed record Findings(Options Options, Machine Machine, DateTime Finished, string EndLoadAverage, double ElapsedSeconds,
-    StartupFigures Startup, ThroughputFigures Throughput, IdleFigures Idle, FootprintFigures Footprint, IReadOnlyList<SavedRun> Runs)
+    StartupFigures Startup, ThroughputFigures Throughput, IdleFigures Idle, FootprintFigures? Footprint, IReadOnlyList<SavedRun> Runs)
 {
     private static readonly JsonSerializerOptions Json = new() { IncludeFields = true, WriteIndented = true };
 

@@ -19,7 +19,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
     private readonly StartupFigures _startup = findings.Startup;
     private readonly ThroughputFigures _throughput = findings.Throughput;
     private readonly IdleFigures _idle = findings.Idle;
-    private readonly FootprintFigures _footprint = findings.Footprint;
+    private readonly FootprintFigures? _footprint = findings.Footprint; // null in findings saved before it was measured
     private readonly TimeSpan _elapsed = TimeSpan.FromSeconds(findings.ElapsedSeconds);
     private readonly DateTime _finished = findings.Finished;
     private readonly string _endLoad = findings.EndLoadAverage;
@@ -85,21 +85,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"| RSS | {F(_idle.RssMiB, "0.0")} MiB | VmRSS of the gsupervisor process at the end of that quiet minute |");
         md.AppendLine();
 
-        md.AppendLine("## How light it is");
-        md.AppendLine();
-        md.Append(FootprintTable());
-        md.AppendLine();
-        md.AppendLine($"- `--version`: wall time from `posix_spawn` to the exit of `gsupervisor --version` and of `start_server --version`, stdout to /dev/null; the median of {_footprint.VersionRuns} runs each.");
-        md.AppendLine($"- Per-spawn cost of the exec helper: every child first runs `gsupervisor-exec` (it sets `LISTEN_PID`, the parent-death signal and the user, then execs the command). " +
-            $"The median of {_footprint.SpawnRuns} `posix_spawn` + `waitpid` of `/bin/true` through it ({F(_footprint.HelperSpawnMs, "0.00")} ms) less the median of {_footprint.SpawnRuns} bare ones ({F(_footprint.BareSpawnMs, "0.00")} ms), in ABBA halves.");
-        md.AppendLine($"- First answer: from starting `gsupervisor --listen 127.0.0.1:PORT -- StockKestrel` to the stock app's first HTTP answer, a client connecting as soon as the port is bound (the connection waits in the accept queue until the app serves); " +
-            $"the same for `systemd-socket-activate --listen 127.0.0.1:PORT StockKestrel`, which execs the app on that first connection. Medians of {_footprint.FirstAnswerRounds} alternating rounds: " +
-            $"{F(_footprint.FirstAnswerMs, "0")} ms and {F(_footprint.ActivatorFirstAnswerMs, "0")} ms. Most of either is the .NET app's own start.");
-        md.AppendLine("- Idle RSS: VmRSS of the supervising process 3 s after its one stock-app child answers (gsupervisor; start_server's perl).");
-        md.AppendLine($"- Installed size: `du -sk` of the tree `make deb` packages (binary, exec helper, Mono.Posix's native library, unit, man page, examples, README) and the .deb file; " +
-            "for Server::Starter, Debian's Installed-Size of libserver-starter-perl and of perl-base, which it needs.");
-        md.AppendLine("- RSS over 1000 reloads is `make soak`'s figure (bench/reload-soak.sh), for gsupervisor and start_server.");
-        md.AppendLine();
+        if (_footprint is { } footprint) FootprintSection(md, footprint);
 
         md.AppendLine("## Where the failures come from");
         md.AppendLine();
@@ -169,9 +155,27 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         return md.ToString();
     }
 
-    private string FootprintTable()
+    private static void FootprintSection(StringBuilder md, FootprintFigures f)
     {
-        var f = _footprint;
+        md.AppendLine("## How light it is");
+        md.AppendLine();
+        md.Append(FootprintTable(f));
+        md.AppendLine();
+        md.AppendLine($"- `--version`: wall time from `posix_spawn` to the exit of `gsupervisor --version` and of `start_server --version`, stdout to /dev/null; the median of {f.VersionRuns} runs each.");
+        md.AppendLine($"- Per-spawn cost of the exec helper: every child first runs `gsupervisor-exec` (it sets `LISTEN_PID`, the parent-death signal and the user, then execs the command). " +
+            $"The median of {f.SpawnRuns} `posix_spawn` + `waitpid` of `/bin/true` through it ({F(f.HelperSpawnMs, "0.00")} ms) less the median of {f.SpawnRuns} bare ones ({F(f.BareSpawnMs, "0.00")} ms), in ABBA halves.");
+        md.AppendLine($"- First answer: from starting `gsupervisor --listen 127.0.0.1:PORT -- StockKestrel` to the stock app's first HTTP answer, a client connecting as soon as the port is bound (the connection waits in the accept queue until the app serves); " +
+            $"the same for `systemd-socket-activate --listen 127.0.0.1:PORT StockKestrel`, which execs the app on that first connection. Medians of {f.FirstAnswerRounds} alternating rounds: " +
+            $"{F(f.FirstAnswerMs, "0")} ms and {F(f.ActivatorFirstAnswerMs, "0")} ms. Most of either is the .NET app's own start.");
+        md.AppendLine("- Idle RSS: VmRSS of the supervising process 3 s after its one stock-app child answers (gsupervisor; start_server's perl).");
+        md.AppendLine($"- Installed size: `du -sk` of the tree `make deb` packages (binary, exec helper, Mono.Posix's native library, unit, man page, examples, README) and the .deb file; " +
+            "for Server::Starter, Debian's Installed-Size of libserver-starter-perl and of perl-base, which it needs.");
+        md.AppendLine("- RSS over 1000 reloads is `make soak`'s figure (bench/reload-soak.sh), for gsupervisor and start_server.");
+        md.AppendLine();
+    }
+
+    private static string FootprintTable(FootprintFigures f)
+    {
         var md = new StringBuilder();
         md.AppendLine("| figure | gsupervisor | beside it |");
         md.AppendLine("| --- | ---: | --- |");
@@ -226,10 +230,13 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
             $"range {F(_throughput.Min, "0.00")}–{F(_throughput.Max, "0.00")}; the supervisor is not in the data path). " +
             $"gsupervisor spawns its first child {F(_startup.Median, "0")} ms after it is started and used {F(_idle.CpuSeconds, "0.00")} s of CPU over {F(_idle.Seconds, "0")} idle seconds, at {F(_idle.RssMiB, "0.0")} MiB RSS.");
         md.AppendLine();
-        md.AppendLine("How light it is (the Native AOT binary as installed; definitions in the full report):");
-        md.AppendLine();
-        md.Append(FootprintTable());
-        md.AppendLine();
+        if (_footprint is { } footprint)
+        {
+            md.AppendLine("How light it is (the Native AOT binary as installed; definitions in the full report):");
+            md.AppendLine();
+            md.Append(FootprintTable(footprint));
+            md.AppendLine();
+        }
         md.AppendLine("![answered and failed requests per second over time during the reloads, one line per strategy](bench/results/latest.png)");
         md.Append(ReadmeEnd);
         return md.ToString();

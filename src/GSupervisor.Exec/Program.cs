@@ -32,7 +32,7 @@ internal static unsafe partial class Program
 
     private static int Main(string[] args)
     {
-        if (args.Length < 6 || !TryParse(args[0], out var deathSignal) || !TryParse(args[1], out var supervisorPid) || !TryParse(args[2], out var listenerCount))
+        if (args.Length < 6 || !TryParse(args[0], out int deathSignal) || !TryParse(args[1], out int supervisorPid) || !TryParse(args[2], out int listenerCount))
             return Fail(64, "gsupervisor-exec is run by gsupervisor, not by hand; see gsupervisor --help");
         var user = args[3];
         var path = args[4];
@@ -83,10 +83,10 @@ internal static unsafe partial class Program
     private static string? SwitchUser(string spec)
     {
         var parts = spec.Split(':');
-        if (parts.Length != 3 || !TryParse(parts[1], out var uid) || !TryParse(parts[2], out var gid)) return "malformed user " + spec;
-        if (initgroups(Utf8(parts[0]), (uint)gid) != 0) return "initgroups: " + LastError();
-        if (setgid((uint)gid) != 0) return "setgid: " + LastError();
-        if (setuid((uint)uid) != 0) return "setuid: " + LastError();
+        if (parts.Length != 3 || !TryParse(parts[1], out uint uid) || !TryParse(parts[2], out uint gid)) return "malformed user " + spec;
+        if (initgroups(Utf8(parts[0]), gid) != 0) return "initgroups: " + LastError();
+        if (setgid(gid) != 0) return "setgid: " + LastError();
+        if (setuid(uid) != 0) return "setuid: " + LastError();
         return null;
     }
 
@@ -123,9 +123,9 @@ internal static unsafe partial class Program
     private static void MarkCloseOnExecFrom(int first)
     {
         if (close_range((uint)first, uint.MaxValue, CLOSE_RANGE_CLOEXEC) == 0) return;
-        // Kernels before 5.11: every possible fd, one by one (fcntl on a closed fd just fails).
-        var limit = sysconf(4 /* _SC_OPEN_MAX */);
-        for (var fd = first; fd < limit; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        // Kernels before 5.11: the open fds, one by one (the listing's own fd is CLOEXEC already).
+        foreach (var entry in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+            if (int.TryParse(Path.GetFileName(entry), out var fd) && fd >= first) fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
 
     private static int Fail(int code, string message)
@@ -141,15 +141,27 @@ internal static unsafe partial class Program
         return $"{Marshal.PtrToStringUTF8((nint)strerror(errno))} (errno {errno})";
     }
 
+    /// <summary>A decimal number up to int.MaxValue (a signal, a pid, a count).</summary>
     private static bool TryParse(string text, out int value)
     {
+        var ok = TryParse(text, out uint number) && number <= int.MaxValue;
+        value = ok ? (int)number : 0;
+        return ok;
+    }
+
+    /// <summary>A decimal number up to uint.MaxValue (a uid or gid: id-mapped ones go above 2^31).</summary>
+    private static bool TryParse(string text, out uint value)
+    {
         value = 0;
-        if (text.Length is 0 or > 9) return false;
+        if (text.Length is 0 or > 10) return false;
+        ulong number = 0;
         foreach (var c in text)
         {
             if (c is < '0' or > '9') return false;
-            value = value * 10 + (c - '0');
+            number = number * 10 + (ulong)(c - '0');
         }
+        if (number > uint.MaxValue) return false;
+        value = (uint)number;
         return true;
     }
 
@@ -183,7 +195,6 @@ internal static unsafe partial class Program
     [LibraryImport("libc", EntryPoint = "signal")] private static partial nint signal_(int signum, nint handler);
     [LibraryImport("libc")] private static partial long syscall(long number, long a1, void* a2, void* a3, long a4);
     [LibraryImport("libc")] private static partial int close_range(uint first, uint last, uint flags);
-    [LibraryImport("libc")] private static partial long sysconf(int name);
     [LibraryImport("libc")] private static partial int fcntl(int fd, int command, int argument);
     [LibraryImport("libc", SetLastError = true)] private static partial int execve(byte* path, byte** argv, byte** envp);
     [LibraryImport("libc")] private static partial byte* strerror(int errnum);

@@ -80,8 +80,27 @@ internal sealed class OutputRelay
             Syscall.close(stdout.Write);
             throw;
         }
-        _stdout.Add(stdout.Read, tail);
-        _stderr.Add(stderr.Read, tail);
+        try
+        {
+            _stdout.Add(stdout.Read, tail);
+        }
+        catch
+        {
+            // Add closed stdout's read end; the rest is ours to close.
+            foreach (var fd in new[] { stdout.Write, stderr.Read, stderr.Write }) Syscall.close(fd);
+            throw;
+        }
+        try
+        {
+            _stderr.Add(stderr.Read, tail);
+        }
+        catch
+        {
+            // The stdout relay sees end of file once its write end is closed, and drops the pipe then.
+            Syscall.close(stdout.Write);
+            Syscall.close(stderr.Write);
+            throw;
+        }
         return (stdout.Write, stderr.Write, tail);
     }
 

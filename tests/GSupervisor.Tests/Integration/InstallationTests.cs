@@ -83,16 +83,17 @@ public class InstallationTests
         var (code, stdout, stderr) = Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]);
         Assert.That(code, Is.EqualTo(0), stdout + stderr);
         supervisor.WaitForReady(2);
-        Assert.That(Directory.GetFileSystemEntries(home), Is.Empty, "nothing was extracted or written to HOME");
     }
 
     [Test]
-    public void Spawns_leave_no_dotnet_diagnostic_sockets_and_a_dotnet_child_binds_its_own()
+    public void Spawns_leave_no_dotnet_diagnostic_sockets_or_extracted_files_and_a_dotnet_child_binds_its_own_socket()
     {
         using var dir = new TempDirectory();
         var tmp = dir.File("tmp"); // the .NET runtime puts its diagnostics socket in TMPDIR
+        var home = dir.File("home"); // where a single-file build would extract its native libraries
         Directory.CreateDirectory(tmp);
-        var environment = new Dictionary<string, string> { ["TMPDIR"] = tmp };
+        Directory.CreateDirectory(home);
+        var environment = new Dictionary<string, string> { ["TMPDIR"] = tmp, ["HOME"] = home };
         string[] DiagnosticSockets() => Directory.GetFiles(tmp, "dotnet-diagnostic-*").Select(Path.GetFileName).ToArray()!;
 
         using (var supervisor = SupervisorProcess.Start(
@@ -106,6 +107,7 @@ public class InstallationTests
             }
             supervisor.WaitForReady(20);
             Assert.That(DiagnosticSockets(), Is.Empty, "20 spawns, and neither the supervisor nor its exec helper left a diagnostics socket");
+            Assert.That(Directory.GetFileSystemEntries(home), Is.Empty, "nothing extracted to a writable HOME either");
         }
 
         // A .NET app under gsupervisor has the diagnostics socket of its own pid, bound and listening, so
@@ -129,6 +131,29 @@ public class InstallationTests
         var serving = dotnet.WaitForGenerationPid(3);
         Poll.Until(() => DiagnosticSockets().All(n => n.StartsWith($"dotnet-diagnostic-{serving}-", StringComparison.Ordinal)), Long,
             "the stopped generations' diagnostics sockets to go");
+    }
+
+    [Test]
+    public void The_exec_helper_switches_to_ids_above_2_to_the_31()
+    {
+        Assert.That(Native.GetEffectiveUserId(), Is.EqualTo(0u), "switching users needs root (CI runs as root)");
+        // Id-mapped directory users (SSSD, winbind) have uids like these; no passwd entry is needed to switch.
+        var helper = Path.Combine(Paths.InstalledRoot, "usr/lib/gsupervisor/gsupervisor-exec");
+        var info = new System.Diagnostics.ProcessStartInfo(helper) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "15", Environment.ProcessId.ToString(), "0", "mapped:3000000001:3000000002", "/bin/sh", "sh", "-c", "echo $(id -u) $(id -g)" })
+            info.ArgumentList.Add(a);
+        using var process = System.Diagnostics.Process.Start(info)!;
+        try
+        {
+            var output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+            Assert.That(process.WaitForExit(TimeSpan.FromSeconds(30)), Is.True);
+            Assert.That(process.ExitCode, Is.EqualTo(0), output);
+            Assert.That(output.Trim(), Is.EqualTo("3000000001 3000000002"));
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill();
+        }
     }
 
     /// <summary>Whether a Unix socket bound to <paramref name="path"/> is listening (/proc/net/unix, flag __SO_ACCEPTCON).</summary>

@@ -43,20 +43,30 @@ internal sealed class SystemdContainer : IDisposable
     public static SystemdContainer Boot(params string[] nspawnOptions)
     {
         Assert.That(Native.GetEffectiveUserId(), Is.EqualTo(0u), "booting a container needs root (CI runs as root)");
+        var template = Template;
         var dir = new TempDirectory();
         var root = dir.File("root");
-        Run("cp", ["-a", Template, root]);
-        // No console login on a console nobody reads.
-        foreach (var getty in Directory.GetFiles(Path.Combine(root, "etc/systemd/system/getty.target.wants")))
-            File.Delete(getty);
-
-        var info = new ProcessStartInfo(Path.Combine(Paths.Root, "tests/systemd/boot.sh"))
+        Process nspawn;
+        try
         {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        info.ArgumentList.Add(root);
-        foreach (var option in nspawnOptions) info.ArgumentList.Add(option);
-        var container = new SystemdContainer(dir, root, Process.Start(info)!);
+            Run("cp", ["-a", template, root]);
+            // No console login on a console nobody reads.
+            foreach (var getty in Directory.GetFiles(Path.Combine(root, "etc/systemd/system/getty.target.wants")))
+                File.Delete(getty);
+            var info = new ProcessStartInfo(Path.Combine(Paths.Root, "tests/systemd/boot.sh"))
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+            };
+            info.ArgumentList.Add(root);
+            foreach (var option in nspawnOptions) info.ArgumentList.Add(option);
+            nspawn = Process.Start(info)!;
+        }
+        catch
+        {
+            dir.Dispose();
+            throw;
+        }
+        var container = new SystemdContainer(dir, root, nspawn);
         try
         {
             container._nspawn.OutputDataReceived += (_, e) => container.OnConsole(e.Data);
@@ -150,6 +160,7 @@ internal sealed class SystemdContainer : IDisposable
 
     public void Dispose()
     {
+        var exited = true;
         try
         {
             if (!_nspawn.HasExited)
@@ -161,12 +172,13 @@ internal sealed class SystemdContainer : IDisposable
                     if (!_nspawn.WaitForExit(TimeSpan.FromSeconds(15))) _nspawn.Kill(true);
                 }
             }
-            _nspawn.WaitForExit();
+            exited = _nspawn.WaitForExit(TimeSpan.FromSeconds(30));
+            if (!exited) Assert.Fail($"systemd-nspawn (pid {_nspawn.Id}) did not exit after SIGKILL; its root is left in {Root}");
         }
         finally
         {
             _nspawn.Dispose();
-            _dir.Dispose();
+            if (exited) _dir.Dispose(); // never delete a root a running container still has mounted
         }
     }
 }
