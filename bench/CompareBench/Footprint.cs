@@ -47,11 +47,12 @@ internal static partial class Footprint
         var helper = Path.Combine(Path.GetDirectoryName(binary)!, "gsupervisor-exec"); // installed beside the binary
         var self = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
         double bare = 0, through = 0;
-        for (var half = 0; half < 2; half++) // ABBA, so a drift in the machine's load falls on both
-        {
-            bare += Spawn.MedianMilliseconds(["/bin/true"], spawnRuns / 2) / 2;
-            through += Spawn.MedianMilliseconds([helper, "15", self, "0", "-", "/bin/true", "true"], spawnRuns / 2) / 2;
-        }
+        string[] bareArgv = ["/bin/true"], helperArgv = [helper, "15", self, "0", "-", "/bin/true", "true"];
+        // ABBA halves, so a drift in the machine's load falls on both alike.
+        bare += Spawn.MedianMilliseconds(bareArgv, spawnRuns / 2) / 2;
+        through += Spawn.MedianMilliseconds(helperArgv, spawnRuns / 2) / 2;
+        through += Spawn.MedianMilliseconds(helperArgv, spawnRuns / 2) / 2;
+        bare += Spawn.MedianMilliseconds(bareArgv, spawnRuns / 2) / 2;
         say($"exec helper: {through - bare:F2} ms per spawn ({through:F2} ms through gsupervisor-exec, {bare:F2} ms bare; medians)");
 
         var supervised = new List<double>();
