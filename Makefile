@@ -75,9 +75,12 @@ $(SYSTEMD_ROOT)/.complete:
 # clock), integration tests against the installed native binary (real processes, sockets, signals), and the
 # packaged units under a real systemd in a container.
 test: build deb systemd-root
+	rm -rf out/test-results
 	GSUPERVISOR_ROOT=$(TEST_ROOT) GSUPERVISOR_DEB=$(CURDIR)/out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb \
 	GSUPERVISOR_SYSTEMD_ROOT=$(CURDIR)/$(SYSTEMD_ROOT) \
-		$(DOTNET) test Supervisor.sln -c $(CONFIG) --no-build -nologo --logger "console;verbosity=normal"
+		$(DOTNET) test Supervisor.sln -c $(CONFIG) --no-build -nologo --logger "console;verbosity=normal" \
+		--logger trx --results-directory out/test-results \
+		|| { tests/failures.sh out/test-results; exit 1; }
 
 # Runs HelloKestrel under the native gsupervisor on :$(PORT). Reload with the kill command it prints; Ctrl+C stops.
 demo: build publish

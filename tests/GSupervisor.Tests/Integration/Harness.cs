@@ -346,6 +346,19 @@ internal static class Http
         return text[(text.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..].Trim();
     }
 
+    /// <summary>
+    /// GETs with <paramref name="get"/> until the answer comes from generation <paramref name="generation"/>, and
+    /// returns it. Right after a reload the old generation, already waiting in accept() when it got its stop
+    /// signal, may still take (and answer) a connection or two before it stops accepting.
+    /// </summary>
+    public static string UntilGeneration(Func<string> get, int generation)
+    {
+        var answer = "";
+        Poll.Until(() => (answer = get()).EndsWith($"gen={generation}", StringComparison.Ordinal), TimeSpan.FromSeconds(10),
+            $"an answer from generation {generation} (last: {answer})");
+        return answer;
+    }
+
     /// <summary>One GET on a new connection; returns the body.</summary>
     public static string Get(int port)
     {

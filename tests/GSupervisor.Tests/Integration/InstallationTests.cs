@@ -51,7 +51,7 @@ public class InstallationTests
         var (code, stdout, stderr) = Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]);
         Assert.That(code, Is.EqualTo(0), stdout + stderr);
         supervisor.WaitForReady(2);
-        Assert.That(Http.Get(port), Does.EndWith("gen=2"));
+        Http.UntilGeneration(() => Http.Get(port), 2);
 
         var second = supervisor.WaitForGenerationPid(2);
         Assert.That(Native.Kill(second, SIGKILL), Is.EqualTo(0));

@@ -89,8 +89,7 @@ public class PackagedUnitTests
         Assert.That(first, Does.EndWith("gen=1"));
 
         _container.Must("systemctl", "reload", unit);
-        var second = _container.Get("http://127.0.0.1:8080/");
-        Assert.That(second, Does.EndWith("gen=2"));
+        var second = Http.UntilGeneration(() => _container.Get("http://127.0.0.1:8080/"), 2);
         Assert.That(GenerationPid(second), Is.Not.EqualTo(GenerationPid(first)));
         Assert.That(_container.Show(unit, "MainPID")["MainPID"], Is.EqualTo(mainPid), "a reload keeps the supervisor");
 
@@ -123,8 +122,7 @@ public class PackagedUnitTests
         Assert.That(Regex.Match(status, @"Uid:\s+(\d+)").Groups[1].Value, Is.EqualTo("33"), "User=www-data");
 
         _container.Must("systemctl", "reload", "hello-activated.service");
-        var second = _container.Get("http://127.0.0.1:80/");
-        Assert.That(second, Does.EndWith("gen=2"));
+        var second = Http.UntilGeneration(() => _container.Get("http://127.0.0.1:80/"), 2);
         Assert.That(_container.Show("hello-activated.service", "MainPID")["MainPID"], Is.EqualTo(service["MainPID"]));
 
         ReloadIntoAFailedDeploy("hello-activated.service", service["MainPID"], "http://127.0.0.1:80/", second);

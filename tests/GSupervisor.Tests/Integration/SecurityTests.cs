@@ -86,7 +86,7 @@ public class SecurityTests
         Assert.That(code, Is.EqualTo(0));
         Assert.That(status, Does.Contain("serving: generation 1"));
         Assert.That(Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]).Code, Is.EqualTo(0), "it still reloads");
-        Assert.That(Http.Get(port), Does.EndWith("gen=2"));
+        Http.UntilGeneration(() => Http.Get(port), 2);
 
         var lines = supervisor.Lines;
         Assert.That(lines.Count(l => l.Contains("dropped a") || l.Contains("closed the handoff connection")), Is.InRange(1, 21),
