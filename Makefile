@@ -15,7 +15,7 @@ TEST_ROOT  := $(CURDIR)/out/deb/root
 # A Debian root with systemd, booted in a container by the tests of the packaged units (tests/systemd/).
 SYSTEMD_ROOT := out/systemd-root
 
-.PHONY: all build toolchain publish install deb systemd-root test demo bench bench-reload soak clean
+.PHONY: all build toolchain publish install deb pack systemd-root test demo bench bench-reload soak clean
 
 all: build
 
@@ -26,10 +26,15 @@ build:
 toolchain:
 	@packaging/need.sh gcc:gcc /usr/include/stdio.h:libc6-dev strip:binutils
 
-# Native AOT (about a minute from a clean tree): out/publish/gsupervisor, gsupervisor-exec, libMonoPosixHelper.so.
+# Native AOT (about a minute from a clean tree): out/publish/gsupervisor, gsupervisor-exec, libMonoPosixHelper.so;
+# and in out/publish/dotnet/ the startup hook gsupervisor injects into .NET children, with the ASP.NET Core
+# integration it loads (GSupervisor.AspNetCore, .Client, .Core).
 publish: toolchain
 	rm -rf out/publish
 	$(DOTNET) publish src/GSupervisor.Daemon -c $(CONFIG) -r $(RID) -o out/publish -nologo -clp:ErrorsOnly
+	$(DOTNET) publish src/GSupervisor.AspNetCore -c $(CONFIG) -p:PublishDir=$(CURDIR)/out/publish/dotnet/ -nologo -clp:ErrorsOnly
+	$(DOTNET) publish src/GSupervisor.StartupHook -c $(CONFIG) -p:PublishDir=$(CURDIR)/out/publish/dotnet/ -nologo -clp:ErrorsOnly
+	rm -f out/publish/dotnet/*.deps.json out/publish/dotnet/*.pdb out/publish/dotnet/*.xml
 
 # PREFIX/lib/gsupervisor/ holds the binary and what it loads from beside itself; PREFIX/bin/gsupervisor links
 # to it. Plus the template unit, the man page and the example units.
@@ -38,6 +43,8 @@ install: publish
 	install -m 755 out/publish/gsupervisor-exec $(PREFIX)/lib/gsupervisor/gsupervisor-exec
 	install -m 644 out/publish/libMonoPosixHelper.so $(PREFIX)/lib/gsupervisor/libMonoPosixHelper.so
 	strip --strip-unneeded $(PREFIX)/lib/gsupervisor/libMonoPosixHelper.so
+	install -d $(PREFIX)/lib/gsupervisor/dotnet
+	install -m 644 out/publish/dotnet/*.dll $(PREFIX)/lib/gsupervisor/dotnet/
 	mkdir -p $(PREFIX)/bin
 	ln -sfn ../lib/gsupervisor/gsupervisor $(PREFIX)/bin/gsupervisor
 	install -D -m 644 packaging/systemd/gsupervisor@.service $(PREFIX)/lib/systemd/system/gsupervisor@.service
@@ -64,6 +71,13 @@ deb:
 		" ready, so no connection is refused or reset. Installs as a systemd unit." > out/deb/root/DEBIAN/control
 	dpkg-deb --root-owner-group -Zxz --build out/deb/root out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb
 
+# out/packages/: GSupervisor.Core, GSupervisor.Client and GSupervisor.AspNetCore .nupkg (with README, licence
+# expression and XML docs) and their .snupkg symbols.
+pack:
+	rm -rf out/packages
+	for project in Core Client AspNetCore; do \
+		$(DOTNET) pack src/GSupervisor.$$project -c $(CONFIG) -o out/packages -nologo -clp:ErrorsOnly || exit 1; done
+
 # debootstrap of Debian 12 with systemd, made once and kept (about 300 MB, a minute or two).
 systemd-root: $(SYSTEMD_ROOT)/.complete
 $(SYSTEMD_ROOT)/.complete:
@@ -74,9 +88,10 @@ $(SYSTEMD_ROOT)/.complete:
 # The whole suite (about 5 minutes; the first time a minute or two more for the Debian root): unit tests (fake
 # clock), integration tests against the installed native binary (real processes, sockets, signals), and the
 # packaged units under a real systemd in a container.
-test: build deb systemd-root
+test: build deb pack systemd-root
 	rm -rf out/test-results
 	GSUPERVISOR_ROOT=$(TEST_ROOT) GSUPERVISOR_DEB=$(CURDIR)/out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb \
+	GSUPERVISOR_PACKAGES=$(CURDIR)/out/packages \
 	GSUPERVISOR_SYSTEMD_ROOT=$(CURDIR)/$(SYSTEMD_ROOT) \
 		$(DOTNET) test Supervisor.sln -c $(CONFIG) --no-build -nologo --logger "console;verbosity=normal" \
 		--logger trx --results-directory out/test-results \

@@ -19,7 +19,7 @@ awk '
   /<StackTrace>/ { section = "stack" }
   /<\/UnitTestResult>/ { failed = 0; next }
   section == "message" && lines < 8 { line = $0; sub(/.*<Message>/, "", line); sub(/<\/Message>.*/, "", line); if (line != "") { print "  " unescape(line); lines++ } }
-  section == "stack" && /in \/.*\/tests\/.*:line [0-9]+/ { line = $0; sub(/<\/?StackTrace>/, "", line); sub(/^ *at /, "", line); print "  at " unescape(line) }
+  section == "stack" && /in \/.*\/tests\/.*:line [0-9]+/ { line = $0; sub(/<\/?StackTrace>/, "", line); sub(/^ *([0-9]+\) +)?at /, "", line); if (!((name, line) in seen)) { seen[name, line] = 1; print "  at " unescape(line) } }
   /<\/Message>/ { section = "" }
   /<\/StackTrace>/ { section = "" }
   END { if (count) printf "\n%d test(s) failed: the names and messages are above; the whole log is before them\n", count }

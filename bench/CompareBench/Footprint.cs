@@ -23,12 +23,15 @@ namespace CompareBench;
 internal sealed record FootprintFigures(
     double VersionMs, double StarterVersionMs, int VersionRuns,
     double BareSpawnMs, double HelperSpawnMs, int SpawnRuns,
-    double FirstAnswerMs, double ActivatorFirstAnswerMs, int FirstAnswerRounds,
+    double FirstAnswerMs, double InjectedFirstAnswerMs, double ActivatorFirstAnswerMs, int FirstAnswerRounds,
     double IdleRssMiB, double StarterIdleRssMiB,
     long InstalledKiB, long PackageKiB, long StarterInstalledKiB, long PerlBaseInstalledKiB)
 {
     public double HelperCostMs => HelperSpawnMs - BareSpawnMs;
+    /// <summary>What gsupervisor adds to an app's start (--no-inject, as systemd-socket-activate runs it).</summary>
     public double FirstAnswerExtraMs => FirstAnswerMs - ActivatorFirstAnswerMs;
+    /// <summary>What the startup hook and the injected integration add to the app's start.</summary>
+    public double HookCostMs => InjectedFirstAnswerMs - FirstAnswerMs;
 }
 
 internal static partial class Footprint
@@ -55,24 +58,25 @@ internal static partial class Footprint
         bare += Spawn.MedianMilliseconds(bareArgv, spawnRuns / 2) / 2;
         say($"exec helper: {through - bare:F2} ms per spawn ({through:F2} ms through gsupervisor-exec, {bare:F2} ms bare; medians)");
 
-        var supervised = new List<double>();
-        var activated = new List<double>();
-        for (var round = 0; round < rounds; round++)
+        // Three starts per round, in an order that rotates, so a drift in the machine's load falls on all alike:
+        // gsupervisor (its startup hook injected, the default), gsupervisor --no-inject, systemd-socket-activate.
+        var series = new (string Name, Func<int, Task<double>> Measure, List<double> Values)[]
         {
-            if (round % 2 == 0)
+            ("injected", round => FirstAnswerUnderGSupervisorAsync(paths, round, inject: true, token), []),
+            ("no-inject", round => FirstAnswerUnderGSupervisorAsync(paths, round, inject: false, token), []),
+            ("activator", round => FirstAnswerUnderActivatorAsync(paths, round, token), []),
+        };
+        for (var round = 0; round < rounds; round++)
+            for (var i = 0; i < series.Length; i++)
             {
-                supervised.Add(await FirstAnswerUnderGSupervisorAsync(paths, round, token));
-                activated.Add(await FirstAnswerUnderActivatorAsync(paths, round, token));
+                var (_, measure, values) = series[(round + i) % series.Length];
+                values.Add(await measure(round));
             }
-            else
-            {
-                activated.Add(await FirstAnswerUnderActivatorAsync(paths, round, token));
-                supervised.Add(await FirstAnswerUnderGSupervisorAsync(paths, round, token));
-            }
-        }
-        var firstAnswer = Median(supervised);
-        var activator = Median(activated);
-        say($"first answer of the stock app: {firstAnswer:F0} ms under gsupervisor, {activator:F0} ms under systemd-socket-activate (medians of {rounds})");
+        var injected = Median(series[0].Values);
+        var plain = Median(series[1].Values);
+        var activator = Median(series[2].Values);
+        say($"first answer of the stock app: {injected:F0} ms under gsupervisor (startup hook injected), {plain:F0} ms with --no-inject, " +
+            $"{activator:F0} ms under systemd-socket-activate (medians of {rounds})");
 
         var (rss, starterRss) = await IdleRssAsync(paths, token);
         say($"idle RSS with one stock-app child: gsupervisor {rss:F1} MiB, start_server {starterRss:F1} MiB");
@@ -82,16 +86,18 @@ internal static partial class Footprint
         var starterSize = InstalledSize("libserver-starter-perl");
         var perlSize = InstalledSize("perl-base");
         say($"installed: {installed} KiB ({package} KiB package); libserver-starter-perl {starterSize} KiB + perl-base {perlSize} KiB");
-        return new FootprintFigures(version, starterVersion, versionRuns, bare, through, spawnRuns, firstAnswer, activator, rounds,
+        return new FootprintFigures(version, starterVersion, versionRuns, bare, through, spawnRuns, plain, injected, activator, rounds,
             rss, starterRss, installed, package, starterSize, perlSize);
     }
 
-    private static async Task<double> FirstAnswerUnderGSupervisorAsync(Paths paths, int round, CancellationToken token)
+    private static async Task<double> FirstAnswerUnderGSupervisorAsync(Paths paths, int round, bool inject, CancellationToken token)
     {
         var port = Net.FreePort();
+        var name = inject ? "injected" : "no-inject";
         var supervisor = Child.Start("gsupervisor", paths.GSupervisor,
-            [.. paths.Control($"first-answer-{round}"), "--listen", $"127.0.0.1:{port}", "--ready", "delay:1s", "--", paths.StockKestrel],
-            paths.Log($"first-answer-gsupervisor-{round}"));
+            [.. paths.Control($"first-answer-{name}-{round}"), "--listen", $"127.0.0.1:{port}", .. inject ? Array.Empty<string>() : ["--no-inject"],
+                "--ready", "delay:1s", "--", paths.StockKestrel],
+            paths.Log($"first-answer-gsupervisor-{name}-{round}"));
         try
         {
             return await FirstAnswerAsync(port, supervisor, token);

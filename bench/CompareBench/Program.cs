@@ -69,8 +69,9 @@ try
     };
     Strategy[] strategies =
     [
-        new GSupervisorStrategy(paths, clientLibrary: true),
-        new GSupervisorStrategy(paths, clientLibrary: false),
+        new GSupervisorStrategy(paths, GSupervisorChild.HelloKestrel),
+        new GSupervisorStrategy(paths, GSupervisorChild.StockInjected),
+        new GSupervisorStrategy(paths, GSupervisorChild.StockPlain),
         new ServerStarterStrategy(paths),
         new ScriptedStrategy(paths, reusePort: false),
         new ScriptedStrategy(paths, reusePort: true),

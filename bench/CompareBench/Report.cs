@@ -28,7 +28,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
     public const string ReadmeEnd = "<!-- bench:end -->";
 
     /// <summary>Each strategy keeps its color and point type in the picture, whichever ran.</summary>
-    private static readonly string[] StrategyOrder = ["gsupervisor-hello", "gsupervisor-stock", "server-starter", "restart", "reuseport"];
+    private static readonly string[] StrategyOrder = ["gsupervisor-hello", "gsupervisor-stock-injected", "gsupervisor-stock", "server-starter", "restart", "reuseport"];
     private static readonly string[] Colors = ["#1a9850", "#4575b4", "#e08214", "#d73027", "#8856a7", "#555555"];
 
     public string MarkdownPath => Path.Combine(paths.ResultsDirectory, "latest.md");
@@ -121,12 +121,13 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine();
         md.AppendLine("- HelloKestrel (examples/HelloKestrel) uses the gsupervisor client library (`UseGSupervisor()`): it takes the socket over the handoff socket, reports `READY=1` when started, " +
             "and on the stop signal stops accepting and answers with `Connection: close` for 2 s before Kestrel's graceful stop. " +
-            "The stock app (bench/StockKestrel) is plain ASP.NET Core with no gsupervisor code: Kestrel's own `UseSystemd()` under gsupervisor (`LISTEN_FDS`), " +
-            "`ListenHandle` of the fd in `SERVER_STARTER_PORT` under start_server, or a socket it binds itself (with `SO_REUSEPORT` for the overlap); it stops with Kestrel's graceful stop on SIGTERM.");
-        md.AppendLine($"- Readiness: neither gsupervisor nor start_server can know when the stock app is ready, so both wait a fixed {Strategy.ReadyDelaySeconds} s " +
+            "The stock app (bench/StockKestrel) is plain ASP.NET Core with no gsupervisor code: Kestrel's own `UseSystemd()` under gsupervisor --no-inject (`LISTEN_FDS`), " +
+            "`ListenHandle` of the fd in `SERVER_STARTER_PORT` under start_server, or a socket it binds itself (with `SO_REUSEPORT` for the overlap); it stops with Kestrel's graceful stop on SIGTERM. " +
+            "Under gsupervisor without --no-inject (\"injected\"), the same unmodified app gets what HelloKestrel has from gsupervisor's startup hook (`DOTNET_STARTUP_HOOKS`): the sockets, `READY=1` and the drain.");
+        md.AppendLine($"- Readiness: without the injected integration, neither gsupervisor nor start_server can know when the stock app is ready, so both wait a fixed {Strategy.ReadyDelaySeconds} s " +
             $"(`--ready delay:{Strategy.ReadyDelaySeconds}s`; `--interval={Strategy.ReadyDelaySeconds}`, which start_server takes in whole seconds) before stopping the old process. " +
             "The restart and overlap strategies are driven by the bench as a careful deploy script would: it polls the port every 20 ms with a fresh connection until the new process " +
-            "(recognised by the pid in the answer) answers. HelloKestrel reports `READY=1` itself (`--ready notify`).");
+            "(recognised by the pid in the answer) answers. HelloKestrel and the injected stock app report `READY=1` (`--ready notify`).");
         md.AppendLine($"- Load: wrk with timeline.lua (bench/CompareBench), `wrk -t 50 -c 50 -d 900s --timeout 10s -s timeline.lua URL` (plus `-H \"Connection: close\"` for the second load), stopped by the bench with SIGINT at the end of the run: " +
             "one connection per wrk thread, each sending its next request as soon as the last one is answered, so the script can time every request and see every request that got no answer. " +
             "After a failed request a connection pauses 10 ms before its next one, as a client backs off (without it wrk retries a refused connection at once, " +
@@ -164,11 +165,11 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"- `--version`: wall time from `posix_spawn` to the exit of `gsupervisor --version` and of `start_server --version`, stdout to /dev/null; the median of {f.VersionRuns} runs each.");
         md.AppendLine($"- Per-spawn cost of the exec helper: every child first runs `gsupervisor-exec` (it sets `LISTEN_PID`, the parent-death signal and the user, then execs the command). " +
             $"The median of {f.SpawnRuns} `posix_spawn` + `waitpid` of `/bin/true` through it ({F(f.HelperSpawnMs, "0.00")} ms) less the median of {f.SpawnRuns} bare ones ({F(f.BareSpawnMs, "0.00")} ms), in ABBA halves.");
-        md.AppendLine($"- First answer: from starting `gsupervisor --listen 127.0.0.1:PORT -- StockKestrel` to the stock app's first HTTP answer, a client connecting as soon as the port is bound (the connection waits in the accept queue until the app serves); " +
-            $"the same for `systemd-socket-activate --listen 127.0.0.1:PORT StockKestrel`, which execs the app on that first connection. Medians of {f.FirstAnswerRounds} alternating rounds: " +
-            $"{F(f.FirstAnswerMs, "0")} ms and {F(f.ActivatorFirstAnswerMs, "0")} ms. Most of either is the .NET app's own start.");
+        md.AppendLine($"- First answer: from starting `gsupervisor --no-inject --listen 127.0.0.1:PORT -- StockKestrel` to the stock app's first HTTP answer, a client connecting as soon as the port is bound (the connection waits in the accept queue until the app serves); " +
+            $"the same for `systemd-socket-activate --listen 127.0.0.1:PORT StockKestrel`, which execs the app on that first connection, and for gsupervisor without --no-inject, where the startup hook sets up the injected drain. " +
+            $"Medians of {f.FirstAnswerRounds} rounds of the three in rotating order: {F(f.FirstAnswerMs, "0")} ms, {F(f.ActivatorFirstAnswerMs, "0")} ms and {F(f.InjectedFirstAnswerMs, "0")} ms. Most of each is the .NET app's own start.");
         md.AppendLine("- Idle RSS: VmRSS of the supervising process 3 s after its one stock-app child answers (gsupervisor; start_server's perl).");
-        md.AppendLine($"- Installed size: `du -sk` of the tree `make deb` packages (binary, exec helper, Mono.Posix's native library, unit, man page, examples, README) and the .deb file; " +
+        md.AppendLine($"- Installed size: `du -sk` of the tree `make deb` packages (binary, exec helper, Mono.Posix's native library, the .NET startup hook and integration, unit, man page, examples, README) and the .deb file; " +
             "for Server::Starter, Debian's Installed-Size of libserver-starter-perl and of perl-base, which it needs.");
         md.AppendLine("- RSS over 1000 reloads is `make soak`'s figure (bench/reload-soak.sh), for gsupervisor and start_server.");
         md.AppendLine();
@@ -182,6 +183,7 @@ internal sealed class Report(Findings findings, Paths paths, IReadOnlyList<Workl
         md.AppendLine($"| RSS, idle with one child | **{F(f.IdleRssMiB, "0.0")} MiB** | Server::Starter {F(f.StarterIdleRssMiB, "0.0")} MiB |");
         md.AppendLine($"| `--version` | **{F(f.VersionMs, "0.0")} ms** | `start_server --version` {F(f.StarterVersionMs, "0.0")} ms |");
         md.AppendLine($"| first answer of a child, beyond `systemd-socket-activate` | **{F(f.FirstAnswerExtraMs, "+0;-0")} ms** | {F(f.FirstAnswerMs, "0")} ms against {F(f.ActivatorFirstAnswerMs, "0")} ms |");
+        md.AppendLine($"| the startup hook's cost to a stock app's first answer | **{F(f.HookCostMs, "+0;-0")} ms** | {F(f.InjectedFirstAnswerMs, "0")} ms injected against {F(f.FirstAnswerMs, "0")} ms with `--no-inject` |");
         md.AppendLine($"| per-spawn cost of the exec helper | **{F(f.HelperCostMs, "0.0")} ms** | a bare spawn of `/bin/true`: {F(f.BareSpawnMs, "0.0")} ms |");
         md.AppendLine($"| installed size | **{Size(f.InstalledKiB)}** ({Size(f.PackageKiB)} .deb) | libserver-starter-perl {Size(f.StarterInstalledKiB)} + perl-base {Size(f.PerlBaseInstalledKiB)} |");
         return md.ToString();

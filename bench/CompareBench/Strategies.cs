@@ -1,10 +1,14 @@
 // Overview
 // --------
-// The five ways of replacing a running server that the bench compares. Each starts its server, performs
+// The six ways of replacing a running server that the bench compares. Each starts its server, performs
 // one reload on request and says when the new process served and when the old one was gone, and stops.
 //
 //   gsupervisor + HelloKestrel   gsupervisor --ready notify; SIGUSR2. The app drains (Connection: close) 2 s.
-//   gsupervisor + stock Kestrel  gsupervisor --ready delay:2s; SIGUSR2. The app adopts LISTEN_FDS (UseSystemd).
+//   gsupervisor + stock Kestrel, injected
+//                                gsupervisor --ready notify; SIGUSR2. The unmodified app gets READY=1 and the
+//                                drain from gsupervisor's startup hook.
+//   gsupervisor + stock Kestrel  gsupervisor --no-inject --ready delay:2s; SIGUSR2. The app adopts LISTEN_FDS
+//                                (UseSystemd) and neither reports readiness nor drains.
 //   Server::Starter              start_server --interval=2; SIGHUP. The app adopts SERVER_STARTER_PORT's fd.
 //   restart                      SIGTERM the app, wait until it is gone, start it again, poll until it answers
 //                                (what systemctl restart, or a stop-then-start deploy script, does).
@@ -54,26 +58,54 @@ internal abstract class Strategy(Paths paths)
     public abstract Task StopAsync();
 }
 
-/// <summary>gsupervisor with a child: HelloKestrel (--ready notify) or the stock app (--ready delay).</summary>
-internal sealed class GSupervisorStrategy(Paths paths, bool clientLibrary) : Strategy(paths)
+/// <summary>Which app gsupervisor runs, and how it learns of readiness and drains.</summary>
+internal enum GSupervisorChild
+{
+    /// <summary>examples/HelloKestrel: the GSupervisor.AspNetCore package, one line; --ready notify.</summary>
+    HelloKestrel,
+    /// <summary>The stock app, reached by gsupervisor's startup hook (the default): READY=1 and the drain come injected.</summary>
+    StockInjected,
+    /// <summary>The stock app with --no-inject: Kestrel's UseSystemd() adopts fd 3, no drain; --ready delay.</summary>
+    StockPlain,
+}
+
+/// <summary>gsupervisor with a child: HelloKestrel, the stock app injected, or the stock app with --no-inject.</summary>
+internal sealed class GSupervisorStrategy(Paths paths, GSupervisorChild child) : Strategy(paths)
 {
     private Child? _supervisor;
 
-    public override string Key => clientLibrary ? "gsupervisor-hello" : "gsupervisor-stock";
-    public override string Label => clientLibrary ? "gsupervisor + HelloKestrel (drain on)" : "gsupervisor + stock Kestrel";
+    public override string Key => child switch
+    {
+        GSupervisorChild.HelloKestrel => "gsupervisor-hello",
+        GSupervisorChild.StockInjected => "gsupervisor-stock-injected",
+        _ => "gsupervisor-stock",
+    };
+
+    public override string Label => child switch
+    {
+        GSupervisorChild.HelloKestrel => "gsupervisor + HelloKestrel (drain on)",
+        GSupervisorChild.StockInjected => "gsupervisor + stock Kestrel, injected",
+        _ => "gsupervisor + stock Kestrel",
+    };
+
     public override string ReloadHow => "`kill -USR2` to gsupervisor";
     public override Child? Supervisor => _supervisor;
 
-    private string[] Ready => clientLibrary ? ["--ready", "notify"] : ["--ready", $"delay:{ReadyDelaySeconds}s"];
-    private string App => clientLibrary ? Paths.HelloKestrel : Paths.StockKestrel;
+    private string[] Options => child switch
+    {
+        GSupervisorChild.StockPlain => ["--no-inject", "--ready", $"delay:{ReadyDelaySeconds}s"],
+        _ => ["--ready", "notify"],
+    };
+
+    private string App => child == GSupervisorChild.HelloKestrel ? Paths.HelloKestrel : Paths.StockKestrel;
 
     public override string Command =>
-        $"`gsupervisor --control PATH --listen 127.0.0.1:0 {string.Join(' ', Ready)} --stop-timeout 30s -- {Path.GetRelativePath(Paths.Root, App)}`";
+        $"`gsupervisor --control PATH --listen 127.0.0.1:0 {string.Join(' ', Options)} --stop-timeout 30s -- {Path.GetRelativePath(Paths.Root, App)}`";
 
     public override async Task StartAsync(CancellationToken token)
     {
         _supervisor = Child.Start("gsupervisor", Paths.GSupervisor,
-            [.. Paths.Control(RunName), "--listen", "127.0.0.1:0", .. Ready, "--stop-timeout", "30s", "--", App], Paths.Log(RunName + "-gsupervisor"));
+            [.. Paths.Control(RunName), "--listen", "127.0.0.1:0", .. Options, "--stop-timeout", "30s", "--", App], Paths.Log(RunName + "-gsupervisor"));
         var listening = await _supervisor.WaitForLineAsync(@"listening on 127\.0\.0\.1:(\d+)", 0, StepTimeout, token);
         Port = int.Parse(listening.Match.Groups[1].Value, CultureInfo.InvariantCulture);
         await _supervisor.WaitForLineAsync(@"generation 1 \(pid \d+\) is ready", 0, StepTimeout, token);

@@ -1,6 +1,7 @@
-// Reload benchmark (not a test): runs HelloKestrel (UseGSupervisor, drain on) and SystemdKestrel (stock
-// Kestrel via LISTEN_FDS, no drain) under gsupervisor, with a keep-alive load and a new-connection load,
-// reloads each RELOADS times and prints requests, failures and latencies side by side.
+// Reload benchmark (not a test): runs HelloKestrel (UseGSupervisor, drain on), SystemdKestrel injected (the
+// unmodified app with gsupervisor's startup hook: drain on) and SystemdKestrel with --no-inject (stock Kestrel via
+// LISTEN_FDS, no drain) under gsupervisor, with a keep-alive load and a new-connection load, reloads each
+// RELOADS times and prints requests, failures and latencies side by side.
 //
 //   dotnet run -c Release --project bench/ReloadBench -- [RELOADS] [CONFIG]      (make bench-reload)
 
@@ -19,7 +20,8 @@ var supervisorPath = Environment.GetEnvironmentVariable("GSUPERVISOR") is { Leng
 var apps = new (string Label, string[] Arguments)[]
 {
     ("HelloKestrel, drain on (--ready notify)", ["--", Bin("examples/HelloKestrel", "HelloKestrel")]),
-    ("stock Kestrel, UseSystemd (--ready delay:1500ms)", ["--ready", "delay:1500ms", "--", Bin("examples/SystemdKestrel", "SystemdKestrel")]),
+    ("stock Kestrel, UseSystemd, injected (--ready notify)", ["--", Bin("examples/SystemdKestrel", "SystemdKestrel")]),
+    ("stock Kestrel, UseSystemd, --no-inject (--ready delay:1500ms)", ["--no-inject", "--ready", "delay:1500ms", "--", Bin("examples/SystemdKestrel", "SystemdKestrel")]),
 };
 var loads = new (string Label, Func<int, LoadBase> Start)[]
 {

@@ -2,7 +2,8 @@
 // gsupervisor, only what Kestrel itself offers, and answers GET / with the same short body as HelloKestrel.
 // Where its listening socket comes from depends on who runs it:
 //
-//   LISTEN_FDS, LISTEN_PID        gsupervisor (or systemd): Kestrel's own UseSystemd() adopts fd 3
+//   LISTEN_FDS, LISTEN_PID        systemd or gsupervisor --no-inject: Kestrel's own UseSystemd() adopts fd 3;
+//                                 under gsupervisor's startup hook (the default) the injected integration does
 //   SERVER_STARTER_PORT           Server::Starter's start_server ("127.0.0.1:8080=3"): ListenHandle(3)
 //   --bind HOST:PORT              binds the port itself (the stop-then-start restart)
 //   --bind HOST:PORT --reuseport  binds it itself with SO_REUSEPORT, so a second copy can bind the same port
@@ -44,13 +45,11 @@ builder.WebHost.ConfigureKestrel(kestrel =>
         foreach (var entry in starterPorts.Split(';', StringSplitOptions.RemoveEmptyEntries))
             kestrel.ListenHandle(ulong.Parse(entry[(entry.LastIndexOf('=') + 1)..], CultureInfo.InvariantCulture));
     }
-    else if (Environment.GetEnvironmentVariable("LISTEN_FDS") is { Length: > 0 })
-    {
-        kestrel.UseSystemd();
-    }
     else
     {
-        throw new InvalidOperationException("no socket: run under gsupervisor or start_server, or pass --bind HOST:PORT [--reuseport]");
+        // LISTEN_FDS from systemd or gsupervisor --no-inject. Under gsupervisor's startup hook, LISTEN_FDS is gone
+        // and this does nothing: the injected integration has made Kestrel listen on the handed sockets.
+        kestrel.UseSystemd();
     }
 });
 

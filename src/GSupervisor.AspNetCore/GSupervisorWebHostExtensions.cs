@@ -10,6 +10,7 @@
 // A stock Kestrel stop instead closes idle keep-alive connections at once and drops connections it accepted
 // but had not read yet, which fails clients that send at that moment. Outside gsupervisor nothing changes.
 
+using System.Diagnostics;
 using System.Net;
 using System.Runtime.InteropServices;
 using GSupervisor.Client;
@@ -19,29 +20,59 @@ using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace GSupervisor.AspNetCore;
 
-/// <summary>Settings of <see cref="GSupervisorWebHostExtensions.UseGSupervisor"/>.</summary>
+/// <summary>
+/// Settings of <see cref="GSupervisorWebHostExtensions.UseGSupervisor"/>. The scalar ones can also come from the
+/// app's configuration, section <c>GSupervisor</c> (e.g. <c>GSupervisor__ReadinessTags=ready</c> in the
+/// environment, or appsettings.json), which is how an app that gsupervisor injects is configured; a
+/// <c>configure</c> delegate runs after it and wins.
+/// </summary>
 public sealed class GSupervisorOptions
 {
     /// <summary>
     /// How long, after the stop signal, responses ask clients to close their connections before the graceful
-    /// stop begins. Default 2 seconds.
+    /// stop begins. Default 2 seconds. Configuration: <c>GSupervisor:DrainWindow</c> (<c>00:00:02</c>).
     /// </summary>
     public TimeSpan DrainWindow { get; set; } = TimeSpan.FromSeconds(2);
 
     /// <summary>Stop the app gracefully when the supervisor goes away (default true), so a restarted supervisor can bind again.</summary>
     public bool StopWhenSupervisorGone { get; set; } = true;
 
+    /// <summary>
+    /// When the app registered ASP.NET Core health checks (<c>AddHealthChecks()</c>), report readiness only once
+    /// they are Healthy or Degraded (default true). A generation whose checks stay Unhealthy misses the
+    /// supervisor's <c>--ready-timeout</c> and is rolled back while the old one keeps serving.
+    /// Configuration: <c>GSupervisor:WaitForHealthChecks</c>.
+    /// </summary>
+    public bool WaitForHealthChecks { get; set; } = true;
+
+    /// <summary>
+    /// How often the health checks run while they are Unhealthy. Default 1 second.
+    /// Configuration: <c>GSupervisor:HealthCheckInterval</c>.
+    /// </summary>
+    public TimeSpan HealthCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Which health checks decide readiness: those with any of these tags. Empty (the default): every
+    /// registered check. Configuration: <c>GSupervisor:ReadinessTags</c> (comma-separated).
+    /// </summary>
+    public ISet<string> ReadinessTags { get; } = new HashSet<string>(StringComparer.Ordinal);
+
     /// <summary>Applied to every handed listener (e.g. to set protocols), before any by-name configuration.</summary>
     public Action<ListenOptions>? ConfigureEveryListener { get; set; }
 
     internal Dictionary<string, Action<ListenOptions>> ByName { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>True when gsupervisor's startup hook set this app up (no UseGSupervisor() call needed).</summary>
+    internal bool Injected { get; set; }
 
     /// <summary>
     /// Configures the listener named <paramref name="name"/> (<c>--listen NAME=ADDRESS</c>), e.g. HTTPS on
@@ -53,6 +84,29 @@ public sealed class GSupervisorOptions
         ByName[name] = configure;
         return this;
     }
+
+    /// <summary>Reads the scalar settings from the <c>GSupervisor</c> configuration section; a value that does not parse stops the start with its key named.</summary>
+    internal void Read(IConfiguration section)
+    {
+        if (section["DrainWindow"] is { } drain) DrainWindow = ParseDuration(section, "DrainWindow", drain);
+        if (section["HealthCheckInterval"] is { } interval) HealthCheckInterval = ParseDuration(section, "HealthCheckInterval", interval);
+        if (section["WaitForHealthChecks"] is { } wait)
+            WaitForHealthChecks = bool.TryParse(wait, out var b) ? b
+                : throw new InvalidOperationException($"{KeyOf(section, "WaitForHealthChecks")} is '{wait}'; use true or false");
+        if (section["StopWhenSupervisorGone"] is { } gone)
+            StopWhenSupervisorGone = bool.TryParse(gone, out var b) ? b
+                : throw new InvalidOperationException($"{KeyOf(section, "StopWhenSupervisorGone")} is '{gone}'; use true or false");
+        if (section["ReadinessTags"] is { } tags)
+            foreach (var tag in tags.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)) ReadinessTags.Add(tag);
+        foreach (var child in section.GetSection("ReadinessTags").GetChildren())
+            if (child.Value is { Length: > 0 } tag) ReadinessTags.Add(tag);
+    }
+
+    private static TimeSpan ParseDuration(IConfiguration section, string key, string value) =>
+        TimeSpan.TryParse(value, System.Globalization.CultureInfo.InvariantCulture, out var t) && t >= TimeSpan.Zero ? t
+            : throw new InvalidOperationException($"{KeyOf(section, key)} is '{value}'; use a duration such as 00:00:02");
+
+    private static string KeyOf(IConfiguration section, string key) => section is IConfigurationSection s ? $"{s.Path}:{key}" : key;
 }
 
 /// <summary>Extension methods that make an ASP.NET Core app a gsupervisor child.</summary>
@@ -60,54 +114,70 @@ public static class GSupervisorWebHostExtensions
 {
     /// <summary>
     /// Under gsupervisor: listen on the handed sockets instead of the configured URLs, report readiness when the
-    /// application has started, and drain on the stop signal. Outside gsupervisor: does nothing.
+    /// application has started (and its health checks pass), and drain on the stop signal. Outside gsupervisor:
+    /// does nothing. Calling it again, or in an app that gsupervisor already injected, only applies
+    /// <paramref name="configure"/> to the settings in place.
     /// </summary>
-    public static IWebHostBuilder UseGSupervisor(this IWebHostBuilder builder, Action<GSupervisorOptions>? configure = null)
-    {
-        var options = new GSupervisorOptions();
-        configure?.Invoke(options);
-        var client = GSupervisorClient.Connect();
-        if (!client.IsSupervised || client.Listeners.Count == 0)
-        {
-            client.Dispose();
-            return builder;
-        }
+    public static IWebHostBuilder UseGSupervisor(this IWebHostBuilder builder, Action<GSupervisorOptions>? configure = null) =>
+        builder.ConfigureServices((context, services) => Configure(context.Configuration, services, configure, injected: false));
 
+    internal static void Configure(IConfiguration configuration, IServiceCollection services, Action<GSupervisorOptions>? configure, bool injected)
+    {
+        var client = GSupervisorClient.Connect();
+        if (services.FirstOrDefault(d => d.ServiceType == typeof(GSupervisorOptions))?.ImplementationInstance is GSupervisorOptions existing)
+        {
+            configure?.Invoke(existing);
+            CheckNames(existing, client);
+            return;
+        }
+        if (!client.IsSupervised || client.Listeners.Count == 0) return;
+
+        var options = new GSupervisorOptions { Injected = injected };
+        options.Read(configuration.GetSection("GSupervisor"));
+        configure?.Invoke(options);
+        CheckNames(options, client);
         var drain = new DrainState();
-        var missing = options.ByName.Keys.Except(client.Listeners.Select(l => l.Name)).ToList();
-        if (missing.Count > 0)
-            throw new InvalidOperationException(
-                $"UseGSupervisor configures listener '{missing[0]}', but gsupervisor handed over only [{string.Join(", ", client.Listeners.Select(l => l.Name))}]; " +
-                $"add --listen {missing[0]}=ADDRESS to the gsupervisor command");
-        builder.ConfigureKestrel(kestrel =>
+        services.Configure<KestrelServerOptions>(kestrel =>
         {
             foreach (var listener in client.Listeners)
                 kestrel.ListenHandle((ulong)listener.Fd, listen =>
                 {
                     options.ConfigureEveryListener?.Invoke(listen);
-                    if (options.ByName.TryGetValue(listener.Name, out var configure)) configure(listen);
+                    if (options.ByName.TryGetValue(listener.Name, out var configureListener)) configureListener(listen);
                 });
         });
-        builder.ConfigureServices(services =>
-        {
-            services.AddSingleton(client);
-            services.AddSingleton(options);
-            services.AddSingleton(drain);
-            DecorateListenerFactories(services, drain);
-            services.AddSingleton<IHostLifetime, GSupervisorLifetime>();
-            services.AddTransient<IStartupFilter, DrainStartupFilter>();
-        });
-        return builder;
+        services.AddSingleton(client);
+        services.AddSingleton(options);
+        services.AddSingleton(drain);
+        // Kestrel's transport is registered already when the app calls UseGSupervisor(); an injected hosting
+        // startup runs before Kestrel is added, so the transport is decorated again just before the host is built.
+        DecorateListenerFactories(services);
+        HostBuildingWatch.Start();
+        services.AddSingleton<IHostLifetime, GSupervisorLifetime>();
+        services.AddTransient<IStartupFilter, DrainStartupFilter>();
     }
 
-    private static void DecorateListenerFactories(IServiceCollection services, DrainState drain)
+    private static void CheckNames(GSupervisorOptions options, GSupervisorClient client)
     {
+        if (!client.IsSupervised || client.Listeners.Count == 0) return;
+        var missing = options.ByName.Keys.Except(client.Listeners.Select(l => l.Name)).ToList();
+        if (missing.Count > 0)
+            throw new InvalidOperationException(
+                $"UseGSupervisor configures listener '{missing[0]}', but gsupervisor handed over only [{string.Join(", ", client.Listeners.Select(l => l.Name))}]; " +
+                $"add --listen {missing[0]}=ADDRESS to the gsupervisor command");
+    }
+
+    /// <summary>Wraps every connection listener factory not wrapped yet, for the host whose services hold a <see cref="DrainState"/>.</summary>
+    internal static void DecorateListenerFactories(IServiceCollection services)
+    {
+        if (services.FirstOrDefault(d => d.ServiceType == typeof(DrainState))?.ImplementationInstance is not DrainState drain) return;
         for (var i = 0; i < services.Count; i++)
         {
             var descriptor = services[i];
-            if (descriptor.ServiceType != typeof(IConnectionListenerFactory)) continue;
+            if (descriptor.ServiceType != typeof(IConnectionListenerFactory) || drain.Decorated.Contains(descriptor)) continue;
             services[i] = ServiceDescriptor.Singleton<IConnectionListenerFactory>(sp =>
                 new DrainingListenerFactory(Resolve(sp, descriptor), drain));
+            drain.Decorated.Add(services[i]);
         }
     }
 
@@ -117,6 +187,47 @@ public static class GSupervisorWebHostExtensions
             ?? ActivatorUtilities.CreateInstance(sp, descriptor.ImplementationType!));
 }
 
+/// <summary>
+/// Watches the hosting library's "HostBuilding" event (a DiagnosticListener, raised by HostBuilder and
+/// HostApplicationBuilder just before the service provider is made, which is how test hosts reach into apps) to
+/// wrap the transport registered after UseGSupervisor ran.
+/// </summary>
+internal static class HostBuildingWatch
+{
+    private static int s_started;
+
+    public static void Start()
+    {
+        if (Interlocked.Exchange(ref s_started, 1) != 0) return;
+        DiagnosticListener.AllListeners.Subscribe(new Observer<DiagnosticListener>(listener =>
+        {
+            if (listener.Name == "Microsoft.Extensions.Hosting")
+                listener.Subscribe(new Observer<KeyValuePair<string, object?>>(OnEvent));
+        }));
+    }
+
+    private static void OnEvent(KeyValuePair<string, object?> e)
+    {
+        if (e.Key != "HostBuilding") return;
+        switch (e.Value)
+        {
+            case HostApplicationBuilder builder:
+                GSupervisorWebHostExtensions.DecorateListenerFactories(builder.Services);
+                break;
+            case IHostBuilder builder:
+                builder.ConfigureServices((_, services) => GSupervisorWebHostExtensions.DecorateListenerFactories(services));
+                break;
+        }
+    }
+
+    private sealed class Observer<T>(Action<T> onNext) : IObserver<T>
+    {
+        public void OnNext(T value) => onNext(value);
+        public void OnError(Exception error) { }
+        public void OnCompleted() { }
+    }
+}
+
 /// <summary>Shared drain flag: set once, when the stop signal arrives.</summary>
 internal sealed class DrainState
 {
@@ -124,6 +235,8 @@ internal sealed class DrainState
     public CancellationToken Token => _draining.Token;
     public bool IsDraining => _draining.IsCancellationRequested;
     public void Begin() => _draining.Cancel();
+    /// <summary>The listener-factory registrations already wrapped, so a second pass leaves them alone.</summary>
+    public HashSet<ServiceDescriptor> Decorated { get; } = [];
 }
 
 internal sealed class DrainingListenerFactory(IConnectionListenerFactory inner, DrainState drain) : IConnectionListenerFactory
@@ -179,11 +292,12 @@ internal sealed class DrainStartupFilter(DrainState drain) : IStartupFilter
 
 /// <summary>
 /// Replaces the console lifetime under gsupervisor: SIGTERM, SIGINT and SIGQUIT start the drain, and the
-/// host stops when the drain window is over. Readiness and status go to the supervisor.
+/// host stops when the drain window is over. Readiness (after the health checks pass, when the app has any),
+/// status and how this generation drains go to the supervisor.
 /// </summary>
 internal sealed class GSupervisorLifetime(
     IHostApplicationLifetime lifetime, GSupervisorClient client, GSupervisorOptions options, DrainState drain,
-    ILogger<GSupervisorLifetime> logger) : IHostLifetime, IDisposable
+    IServiceProvider services, ILogger<GSupervisorLifetime> logger) : IHostLifetime, IDisposable
 {
     private readonly List<PosixSignalRegistration> _registrations = [];
     private int _stopping;
@@ -192,10 +306,14 @@ internal sealed class GSupervisorLifetime(
     {
         foreach (var signal in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGQUIT })
             _registrations.Add(PosixSignalRegistration.Create(signal, OnStopSignal));
+        client.NotifyDrain(options.Injected ? "http (injected)" : "http");
         lifetime.ApplicationStarted.Register(() =>
         {
-            client.NotifyStatus($"serving as generation {client.Generation}");
-            client.NotifyReady();
+            logger.LogInformation(
+                "Generation {Generation} listens on the {Count} socket(s) gsupervisor handed over ({Names}), not on URLs configured for the app{How}",
+                client.Generation, client.Listeners.Count, string.Join(", ", client.Listeners.Select(l => l.Name)),
+                options.Injected ? "; set up by gsupervisor's startup hook (gsupervisor --no-inject turns it off)" : "");
+            _ = ReportReadyAsync(lifetime.ApplicationStopping);
         });
         lifetime.ApplicationStopping.Register(client.NotifyStopping);
         client.DrainRequested.Register(BeginDrain); // whatever --stop-signal is
@@ -207,6 +325,61 @@ internal sealed class GSupervisorLifetime(
             });
         return Task.CompletedTask;
     }
+
+    /// <summary>READY=1 once started and, when the app registered health checks, once they are not Unhealthy.</summary>
+    private async Task ReportReadyAsync(CancellationToken stopping)
+    {
+        var health = options.WaitForHealthChecks ? services.GetService<HealthCheckService>() : null;
+        if (health is null)
+        {
+            client.NotifyStatus($"serving as generation {client.Generation}");
+            client.NotifyReady();
+            return;
+        }
+        Func<HealthCheckRegistration, bool>? counts = options.ReadinessTags.Count == 0 ? null : r => r.Tags.Overlaps(options.ReadinessTags);
+        string? reported = null;
+        while (!stopping.IsCancellationRequested)
+        {
+            HealthReport report;
+            try
+            {
+                report = await health.CheckHealthAsync(counts, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            if (report.Status != HealthStatus.Unhealthy)
+            {
+                client.NotifyStatus(report.Status == HealthStatus.Degraded
+                    ? $"serving as generation {client.Generation}, degraded: {Describe(report, HealthStatus.Degraded)}"
+                    : $"serving as generation {client.Generation}");
+                client.NotifyReady();
+                if (reported is not null) logger.LogInformation("Health checks pass: ready");
+                return;
+            }
+            var status = "not ready: " + Describe(report, HealthStatus.Unhealthy);
+            if (status != reported)
+            {
+                client.NotifyStatus(status);
+                logger.LogWarning("Not reporting ready to gsupervisor: {Checks}; checking again every {Interval}", Describe(report, HealthStatus.Unhealthy), options.HealthCheckInterval);
+                reported = status;
+            }
+            try
+            {
+                await Task.Delay(options.HealthCheckInterval, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    private static string Describe(HealthReport report, HealthStatus status) =>
+        string.Join("; ", report.Entries.Where(e => e.Value.Status == status).Select(e =>
+            $"health check '{e.Key}' is {status}" +
+            ((e.Value.Description ?? e.Value.Exception?.Message) is { Length: > 0 } why ? ": " + why : "")));
 
     private void OnStopSignal(PosixSignalContext context)
     {

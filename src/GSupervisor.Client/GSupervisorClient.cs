@@ -123,16 +123,28 @@ public sealed class GSupervisorClient : IDisposable
     /// when another socket activator, such as systemd, passed them).
     /// </summary>
     /// <exception cref="IOException">The supervisor's handoff socket is named but refused or broke the handoff.</exception>
+    /// <remarks>
+    /// The sockets are taken once per process: a second call returns the same connection until it is disposed,
+    /// so gsupervisor's injected integration and an app's own call share one.
+    /// </remarks>
     public static GSupervisorClient Connect(GSupervisorClientOptions? options = null)
     {
-        var client = Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
-        // As sd_listen_fds(unset_environment=1): the fds are taken, so no one else (Kestrel's UseSystemd(), a
-        // second Connect, the app's own children) may adopt fds 3.. again.
-        if (client.Source != ListenerSource.None)
-            foreach (var name in new[] { "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES" })
-                Environment.SetEnvironmentVariable(name, null);
-        return client;
+        lock (ProcessClientLock)
+        {
+            if (s_processClient is { _disposed: false } existing) return existing;
+            var client = Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
+            // As sd_listen_fds(unset_environment=1): the fds are taken, so no one else (Kestrel's UseSystemd(), the
+            // app's own children) may adopt fds 3.. again.
+            if (client.Source != ListenerSource.None)
+                foreach (var name in new[] { "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES" })
+                    Environment.SetEnvironmentVariable(name, null);
+            s_processClient = client;
+            return client;
+        }
     }
+
+    private static readonly Lock ProcessClientLock = new();
+    private static GSupervisorClient? s_processClient;
 
     /// <summary>Connects using the given environment and pid (internal for testing).</summary>
     internal static GSupervisorClient Connect(IReadOnlyDictionary<string, string> environment, int processId, GSupervisorClientOptions options)
@@ -163,6 +175,12 @@ public sealed class GSupervisorClient : IDisposable
 
     /// <summary>Reports that the app has begun to stop.</summary>
     public void NotifyStopping() => Send("STOPPING=1");
+
+    /// <summary>
+    /// Tells the supervisor how this generation drains on its stop signal (for example <c>http</c>), which
+    /// <c>gsupervisor status</c> shows. A generation that announces nothing is shown without a drain.
+    /// </summary>
+    public void NotifyDrain(string description) => Send(HandoffProtocol.DrainField + "=" + description.Replace('\n', ' '));
 
     private void Send(string line)
     {

@@ -10,7 +10,7 @@ namespace GSupervisor.Core;
 /// <c>GSUPERVISOR/1 generation=N fds=K names=a:b\n</c>, whose first byte carries the K listening sockets as
 /// <c>SCM_RIGHTS</c>, in the order of LISTEN_FDNAMES. A refused peer reads <c>ERR reason\n</c> and the connection
 /// closes. After the greeting, the child writes sd_notify lines (<c>READY=1\n</c>, <c>STATUS=...\n</c>,
-/// <c>STOPPING=1\n</c>), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor writes
+/// <c>STOPPING=1\n</c>, and <c>X_GSUPERVISOR_DRAIN=how\n</c> to say how it drains), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor writes
 /// <c>DRAIN\n</c> just before it sends the generation its stop signal, and closes the connection when the
 /// generation ends; a child that sees end-of-file knows the supervisor is gone.
 /// </para>
@@ -25,6 +25,12 @@ public static class HandoffProtocol
 
     /// <summary>The line that asks a generation to drain: stop accepting, finish what it has, then exit.</summary>
     public const string DrainLine = "DRAIN";
+
+    /// <summary>
+    /// The sd_notify field a child uses to say how it drains on its stop signal (e.g. <c>http (injected)</c>);
+    /// shown by <c>gsupervisor status</c>. Custom fields start with X_, which systemd ignores.
+    /// </summary>
+    public const string DrainField = "X_GSUPERVISOR_DRAIN";
 
     public static byte[] EncodeRefusal(string reason) =>
         Encoding.UTF8.GetBytes("ERR " + reason.Replace('\n', ' ') + "\n");

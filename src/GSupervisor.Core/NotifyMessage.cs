@@ -21,6 +21,8 @@ public sealed class NotifyMessage
     public bool Stopping => Is("STOPPING");
     public bool Reloading => Is("RELOADING");
     public string? Status => _fields.GetValueOrDefault("STATUS");
+    /// <summary>How the child drains (<see cref="HandoffProtocol.DrainField"/>), when it says.</summary>
+    public string? Drain => _fields.GetValueOrDefault(HandoffProtocol.DrainField);
 
     private bool Is(string key) => _fields.TryGetValue(key, out var v) && v == "1";
 

@@ -58,6 +58,8 @@ public sealed class Generation
     public bool FailedToStart { get; internal set; }
     /// <summary>The last STATUS= the child reported.</summary>
     public string? Status { get; internal set; }
+    /// <summary>How the child said it drains on its stop signal (X_GSUPERVISOR_DRAIN=), or null when it said nothing.</summary>
+    public string? Drain { get; internal set; }
     public ExitStatus? ExitStatus { get; internal set; }
 
     public string Label => Pid is { } pid ? $"generation {Number} (pid {pid})" : $"generation {Number}";
@@ -77,6 +79,7 @@ public abstract record SupervisorEvent
     public sealed record ChildExited(int Pid, ExitStatus Status) : SupervisorEvent;
     public sealed record ReadyReported(int Generation, string Channel) : SupervisorEvent;
     public sealed record StatusReported(int Generation, string Status) : SupervisorEvent;
+    public sealed record DrainAnnounced(int Generation, string Description) : SupervisorEvent;
     public sealed record StoppingReported(int Generation) : SupervisorEvent;
 }
 

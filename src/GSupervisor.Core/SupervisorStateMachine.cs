@@ -90,6 +90,7 @@ public sealed class SupervisorStateMachine
             case SupervisorEvent.ChildExited x: OnExited(fx, x); break;
             case SupervisorEvent.ReadyReported r: OnReadyReported(fx, r); break;
             case SupervisorEvent.StatusReported s: OnStatus(fx, s); break;
+            case SupervisorEvent.DrainAnnounced d: OnDrainAnnounced(fx, d); break;
             case SupervisorEvent.StoppingReported s: OnStopping(fx, s); break;
             default: throw new ArgumentOutOfRangeException(nameof(e), e, "unknown event");
         }
@@ -121,7 +122,8 @@ public sealed class SupervisorStateMachine
                         $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}; " +
                         "if the app does not speak sd_notify, use --ready delay:2s, or raise --ready-timeout if it starts slowly");
                     StopGeneration(fx, g, failedToStart: true);
-                    StartFailed(fx, g, $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}");
+                    StartFailed(fx, g, $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}" +
+                        (g.Status is { } last ? $" (its last status: {last})" : ""));
                     break;
                 case GenerationState.Draining when !g.Killed:
                     g.Killed = true;
@@ -248,6 +250,13 @@ public sealed class SupervisorStateMachine
         if (FindByNumber(s.Generation) is not { } g) return;
         g.Status = s.Status;
         Log(fx, LogSeverity.Debug, $"{g.Label} status: {s.Status}");
+    }
+
+    private void OnDrainAnnounced(List<SupervisorEffect> fx, SupervisorEvent.DrainAnnounced d)
+    {
+        if (FindByNumber(d.Generation) is not { } g) return;
+        g.Drain = d.Description;
+        Log(fx, LogSeverity.Debug, $"{g.Label} drains: {d.Description}");
     }
 
     private void OnStopping(List<SupervisorEffect> fx, SupervisorEvent.StoppingReported s)

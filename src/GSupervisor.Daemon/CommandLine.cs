@@ -56,6 +56,9 @@ internal sealed class RunOptions
     [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
     public bool NoRestart { get; set; }
 
+    [Option("no-inject", HelpText = "Do not inject gsupervisor's ASP.NET Core integration into .NET children (DOTNET_STARTUP_HOOKS): an app then drains only if it uses the GSupervisor.AspNetCore package itself.")]
+    public bool NoInject { get; set; }
+
     [Value(0, MetaName = "COMMAND", HelpText = "After --: the command to run and its arguments.")]
     public IEnumerable<string> Command { get; set; } = [];
 }
@@ -69,7 +72,8 @@ internal sealed record RunSettings(
     string? PidFile,
     LogEventLevel LogLevel,
     string ControlPath,
-    Os.ChildUser? User);
+    Os.ChildUser? User,
+    bool InjectDotnet = true);
 
 internal static class CommandLineReader
 {
@@ -232,6 +236,6 @@ internal static class CommandLineReader
             ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
             RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay,
         };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user, InjectDotnet: !o.NoInject), ExitCodes.Ok, null, false);
     }
 }

@@ -69,7 +69,13 @@ try
     spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16);
     runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
     control = ControlServer.Bind(settings.ControlPath);
-    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, logger);
+    string? dotnetHook = null;
+    if (settings.InjectDotnet)
+    {
+        dotnetHook = DotnetHook.Locate(settings.User, out var hookProblem);
+        if (hookProblem is not null) logger.Warning("{Problem}", hookProblem);
+    }
+    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, dotnetHook, logger);
 
     logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
     for (var i = 0; i < listeners.Count; i++)

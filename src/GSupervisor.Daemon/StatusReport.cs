@@ -17,7 +17,7 @@ internal static class StatusReport
         sb.Append("serving: ").Append(machine.Serving is { } s ? $"generation {s.Number} (pid {s.Pid}) for {Duration.Format(now - s.ReadyAt!.Value)}" : "nothing").Append('\n');
         sb.Append("generations:\n");
         foreach (var g in machine.Generations)
-            sb.Append(CultureInfo.InvariantCulture, $"  {g.Number,-4} pid {g.Pid,-8} {g.State.ToString().ToLowerInvariant(),-9} {g.Cause.ToString().ToLowerInvariant(),-8} started {Duration.Format(now - g.StartedAt)} ago{(g.Status is { } st ? "  status: " + st : "")}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"  {g.Number,-4} pid {g.Pid,-8} {g.State.ToString().ToLowerInvariant(),-9} {g.Cause.ToString().ToLowerInvariant(),-8} started {Duration.Format(now - g.StartedAt)} ago  drain: {g.Drain ?? "none announced"}{(g.Status is { } st ? "  status: " + st : "")}\n");
         sb.Append("listeners:\n");
         for (var i = 0; i < listeners.Count; i++)
             sb.Append(CultureInfo.InvariantCulture, $"  fd {3 + i}  {listeners[i].Address}  name {listeners[i].Spec.FdName}\n");
@@ -67,6 +67,7 @@ internal static class StatusReport
                 w.WriteString("cause", g.Cause.ToString().ToLowerInvariant());
                 w.WriteNumber("ageSeconds", Math.Round((now - g.StartedAt).TotalSeconds, 3));
                 if (g.Status is { } status) w.WriteString("status", status);
+                if (g.Drain is { } drain) w.WriteString("drain", drain); else w.WriteNull("drain");
                 w.WriteEndObject();
             }
             w.WriteEndArray();

@@ -66,6 +66,10 @@ internal sealed class SupervisorHost
     private readonly Dictionary<int, OutputTail> _outputTails = [];
     private const int OutputTailsKept = 4;
     private Timer? _watchdog;
+    /// <summary>gsupervisor's .NET startup hook, named in the children's DOTNET_STARTUP_HOOKS; null with --no-inject.</summary>
+    private readonly string? _dotnetHook;
+    /// <summary>Whether the line about a generation without a drain was logged (once per supervisor).</summary>
+    private bool _saidNoDrain;
     private int _interrupts;
     private static readonly TimeSpan RefusalWindow = TimeSpan.FromMinutes(1);
     private const int RefusalsPerWindow = 20;
@@ -75,8 +79,9 @@ internal sealed class SupervisorHost
     private long _refusalsDroppedAtGate;
 
     public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners, Spawner spawner,
-        RuntimeDirectory runtimeDirectory, ControlServer control, ILogger log)
+        RuntimeDirectory runtimeDirectory, ControlServer control, string? dotnetHook, ILogger log)
     {
+        _dotnetHook = dotnetHook;
         _spawner = spawner;
         _control = control;
         _settings = settings;
@@ -435,8 +440,19 @@ internal sealed class SupervisorHost
         int? exit = null;
         if (message!.Status is { } status)
             exit ??= Execute(_machine.Handle(new SupervisorEvent.StatusReported(generation, status)));
+        if (message.Drain is { } drain)
+            exit ??= Execute(_machine.Handle(new SupervisorEvent.DrainAnnounced(generation, drain)));
         if (message.Ready)
+        {
             exit ??= Execute(_machine.Handle(new SupervisorEvent.ReadyReported(generation, channel)));
+            if (_dotnetHook is not null && !_saidNoDrain && _machine.Serving is { Drain: null } serving && serving.Number == generation)
+            {
+                _saidNoDrain = true;
+                _log.Information("{Generation} announced no drain ({Field}=): gsupervisor's ASP.NET Core integration is not in it (not an ASP.NET Core app, " +
+                    "or a trimmed or Native AOT one, where .NET startup hooks are off), so what a reload does to its connections is up to its own handling of {Signal}",
+                    serving.Label, HandoffProtocol.DrainField, Signals.Name(_settings.Policy.StopSignal));
+            }
+        }
         if (message.Stopping)
             exit ??= Execute(_machine.Handle(new SupervisorEvent.StoppingReported(generation)));
         return exit;
@@ -520,7 +536,8 @@ internal sealed class SupervisorHost
 
     private List<string> BuildBaseEnvironment()
     {
-        string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+        string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+            .. _dotnetHook is null ? Array.Empty<string>() : [StartupHooks.Variable]];
         // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
         string[] account = _settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
         var environment = new List<string>();
@@ -540,6 +557,8 @@ internal sealed class SupervisorHost
         environment.Add("NOTIFY_SOCKET=" + _notify.Path);
         environment.Add("GSUPERVISOR_HANDOFF=" + _handoff.Path);
         environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        if (_dotnetHook is { } hook)
+            environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(Environment.GetEnvironmentVariable(StartupHooks.Variable), hook));
         return environment;
     }
 

@@ -169,7 +169,7 @@ public sealed class KeepAliveLoad : LoadBase
         }
     }
 
-    /// <summary>Reads HTTP/1.1 responses with Content-Length bodies off a connection.</summary>
+    /// <summary>Reads HTTP/1.1 responses (Content-Length or chunked bodies) off a connection.</summary>
     private sealed class ResponseReader(Socket socket)
     {
         private readonly byte[] _buffer = new byte[8192];
@@ -187,17 +187,43 @@ public sealed class KeepAliveLoad : LoadBase
             var status = int.Parse(lines[0].Split(' ')[1]);
             var length = 0;
             var close = false;
+            var chunked = false;
             foreach (var line in lines.Skip(1))
             {
                 var colon = line.IndexOf(':');
                 var name = line[..colon].Trim();
                 var value = line[(colon + 1)..].Trim();
                 if (name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase)) length = int.Parse(value);
+                if (name.Equals("Transfer-Encoding", StringComparison.OrdinalIgnoreCase) && value.Contains("chunked", StringComparison.OrdinalIgnoreCase)) chunked = true;
                 if (name.Equals("Connection", StringComparison.OrdinalIgnoreCase) && value.Contains("close", StringComparison.OrdinalIgnoreCase)) close = true;
             }
-            while (_end - _start < length) await FillAsync(token, "inside the response body");
-            _start += length;
+            if (chunked)
+            {
+                // chunk-size line, data, CRLF; a zero size ends the body, then trailer lines up to an empty one.
+                int size;
+                while ((size = Convert.ToInt32((await ReadLineAsync(token)).Split(';')[0], 16)) > 0)
+                    await SkipAsync(size + 2, token);
+                while ((await ReadLineAsync(token)).Length > 0) { }
+                return (status, close);
+            }
+            await SkipAsync(length, token);
             return (status, close);
+        }
+
+        private async Task SkipAsync(int count, CancellationToken token)
+        {
+            while (_end - _start < count) await FillAsync(token, "inside the response body");
+            _start += count;
+        }
+
+        private async Task<string> ReadLineAsync(CancellationToken token)
+        {
+            int lineEnd;
+            while ((lineEnd = _buffer.AsSpan(_start, _end - _start).IndexOf("\r\n"u8)) < 0)
+                await FillAsync(token, "inside a chunked body");
+            var line = Encoding.ASCII.GetString(_buffer, _start, lineEnd);
+            _start += lineEnd + 2;
+            return line;
         }
 
         private int IndexOfHeaderEnd() => _buffer.AsSpan(_start, _end - _start).IndexOf("\r\n\r\n"u8) is var i and >= 0 ? _start + i : -1;

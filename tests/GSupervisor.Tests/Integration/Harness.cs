@@ -110,7 +110,22 @@ internal static class Paths
     public static string Deb => Environment.GetEnvironmentVariable("GSUPERVISOR_DEB") is { Length: > 0 } deb
         ? deb : Directory.GetFiles(Path.Combine(Root, "out"), "gsupervisor_*.deb").Single();
 
-    private static string Installed(string relative)
+    /// <summary>The NuGet packages of `make pack` (`make test` builds them and sets GSUPERVISOR_PACKAGES).</summary>
+    public static string Packages
+    {
+        get
+        {
+            var path = Environment.GetEnvironmentVariable("GSUPERVISOR_PACKAGES") is { Length: > 0 } p ? p : Path.Combine(Root, "out/packages");
+            if (!File.Exists(Path.Combine(path, $"GSupervisor.AspNetCore.{Version}.nupkg")))
+                Assert.Fail($"{path} holds no GSupervisor.AspNetCore.{Version}.nupkg: run `make test` (or `make pack` before `dotnet test`)");
+            return path;
+        }
+    }
+
+    /// <summary>The version the packages and the binary carry (Directory.Build.props).</summary>
+    public static string Version => typeof(GSupervisor.Client.GSupervisorClient).Assembly.GetName().Version!.ToString(3);
+
+    public static string Installed(string relative)
     {
         var path = Path.Combine(InstalledRoot, relative);
         if (!File.Exists(path))
@@ -121,6 +136,66 @@ internal static class Paths
     public static string EchoServer => Path.Combine(Root, "examples/EchoServer/bin", Configuration, "net10.0/EchoServer");
     public static string SystemdKestrel => Path.Combine(Root, "examples/SystemdKestrel/bin", Configuration, "net10.0/SystemdKestrel");
     public static string HelloKestrel => Path.Combine(Root, "examples/HelloKestrel/bin", Configuration, "net10.0/HelloKestrel");
+    public static string StockWebApp => Path.Combine(Root, "tests/StockWebApp/bin", Configuration, "net10.0/StockWebApp");
+    public static string StockConsoleApp => Path.Combine(Root, "tests/StockConsoleApp/bin", Configuration, "net10.0/StockConsoleApp");
+}
+
+/// <summary>Runs a program to its end, with a deadline, and returns its exit code and output.</summary>
+internal static class Command
+{
+    /// <param name="environment">Added to this process's environment, or the whole environment with <paramref name="onlyThisEnvironment"/>.</param>
+    public static (int Code, string Output) Run(string program, IEnumerable<string> arguments, string? workingDirectory = null,
+        IDictionary<string, string>? environment = null, bool onlyThisEnvironment = false, TimeSpan? timeout = null)
+    {
+        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = workingDirectory ?? Paths.Root };
+        foreach (var a in arguments) info.ArgumentList.Add(a);
+        if (onlyThisEnvironment) info.Environment.Clear();
+        if (environment is not null)
+            foreach (var (k, v) in environment) info.Environment[k] = v;
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout ?? TimeSpan.FromMinutes(10)))
+        {
+            process.Kill(true);
+            Assert.Fail($"{program} {string.Join(' ', arguments)} timed out");
+        }
+        return (process.ExitCode, stdout.Result + stderr.Result);
+    }
+}
+
+internal static class Reloads
+{
+    /// <summary>
+    /// Waits until <paramref name="load"/> has <paramref name="warmUp"/> answers, reloads <paramref name="reloads"/>
+    /// times under it, stops it and prints its figures; the caller asserts on its failures.
+    /// </summary>
+    public static void UnderLoad(SupervisorProcess supervisor, LoadBase load, int reloads, string what, long warmUp = 500)
+    {
+        Poll.Until(() => load.Successes > warmUp, TimeSpan.FromSeconds(60), "the load to get going");
+        Repeatedly(supervisor, reloads, () => load.Successes);
+        load.Stop();
+        var connections = load is KeepAliveLoad keepAlive ? $" on {keepAlive.ConnectionsOpened} connections" : "";
+        TestContext.Out.WriteLine($"{what}: {reloads} reloads, {load.Successes} requests{connections}, {load.Failures.Count} failed: {string.Join("; ", load.Failures.Distinct())}");
+    }
+
+    /// <summary>
+    /// Reloads <paramref name="reloads"/> times by SIGUSR2, each time waiting until the new generation serves, the
+    /// old one has exited and <paramref name="successes"/> has grown by 50 requests.
+    /// </summary>
+    public static void Repeatedly(SupervisorProcess supervisor, int reloads, Func<long> successes)
+    {
+        for (var generation = 2; generation <= reloads + 1; generation++)
+        {
+            var oldPid = int.Parse(supervisor.WaitForLine($@"generation {generation - 1} \(pid (\d+)\) started").Groups[1].Value);
+            var before = successes();
+            supervisor.Signal(12); // SIGUSR2
+            supervisor.WaitForLine($@"reload succeeded: generation {generation} \(pid \d+\) is serving", TimeSpan.FromSeconds(60));
+            supervisor.WaitForLine($@"generation {generation - 1} \(pid {oldPid}\) exited", TimeSpan.FromSeconds(60));
+            Assert.That(Native.IsAlive(oldPid), Is.False, $"generation {generation - 1} is gone");
+            Poll.Until(() => successes() > before + 50, TimeSpan.FromSeconds(60), $"requests after reload {generation - 1}");
+        }
+    }
 }
 
 internal static class Poll

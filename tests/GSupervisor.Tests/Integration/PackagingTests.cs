@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace GSupervisor.Tests.Integration;
 
 /// <summary>`make deb` builds an installable package whose native binary runs from an extracted tree.</summary>
@@ -9,21 +7,8 @@ public class PackagingTests
     private static string _deb = null!;
     private static TempDirectory _extracted = null!;
 
-    private static (int Code, string Output) Run(string program, IEnumerable<string> arguments, string? workingDirectory = null, IDictionary<string, string>? environment = null)
-    {
-        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = workingDirectory ?? Paths.Root };
-        foreach (var a in arguments) info.ArgumentList.Add(a);
-        if (environment is not null)
-        {
-            info.Environment.Clear();
-            foreach (var (k, v) in environment) info.Environment[k] = v;
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(10))) { process.Kill(true); Assert.Fail($"{program} timed out"); }
-        return (process.ExitCode, stdout.Result + stderr.Result);
-    }
+    private static (int Code, string Output) Run(string program, IEnumerable<string> arguments, string? workingDirectory = null, IDictionary<string, string>? environment = null) =>
+        Command.Run(program, arguments, workingDirectory, environment, onlyThisEnvironment: environment is not null);
 
     [OneTimeSetUp]
     public void ExtractPackage()
@@ -46,8 +31,12 @@ public class PackagingTests
         Assert.That(listing, Does.Match(@"-rwxr-xr-x root/root +\d+ [-0-9: ]+\./usr/lib/gsupervisor/gsupervisor-exec\n"));
         Assert.That(listing, Does.Contain("./usr/lib/gsupervisor/libMonoPosixHelper.so"));
         Assert.That(listing, Does.Contain("./usr/bin/gsupervisor -> ../lib/gsupervisor/gsupervisor"));
-        // Native AOT: no assemblies, no runtime configuration, nothing for a .NET host to load.
-        Assert.That(listing, Does.Not.Contain(".dll").And.Not.Contain(".runtimeconfig.json").And.Not.Contain(".deps.json"));
+        // Native AOT: no runtime configuration, nothing for a .NET host to load. The only assemblies are the startup
+        // hook and the integration it loads, which the .NET children run.
+        Assert.That(listing, Does.Not.Contain(".runtimeconfig.json").And.Not.Contain(".deps.json"));
+        var assemblies = listing.Split('\n').Where(l => l.EndsWith(".dll", StringComparison.Ordinal)).Select(l => l[(l.LastIndexOf(' ') + 1)..]).Order(StringComparer.Ordinal);
+        Assert.That(assemblies, Is.EqualTo(new[] { "AspNetCore", "Client", "Core", "StartupHook" }.Select(n => $"./usr/lib/gsupervisor/dotnet/GSupervisor.{n}.dll")));
+        Assert.That(listing, Does.Match(@"-rw-r--r-- root/root +\d+ [-0-9: ]+\./usr/lib/gsupervisor/dotnet/GSupervisor\.StartupHook\.dll\n"), "readable by every user a child may run as");
         Assert.That(listing, Does.Contain("./usr/lib/systemd/system/gsupervisor@.service"));
         Assert.That(listing, Does.Contain("./usr/share/man/man1/gsupervisor.1.gz"));
         foreach (var example in new[] { "hello.service", "hello-activated.socket", "hello-activated.service", "hello-notify-reload.service" })

@@ -32,7 +32,8 @@ public class SecurityTests
         var parent = Native.Environ(supervisor.Pid);
         var child = Native.Environ(childPid);
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
-        string[] documented = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GSUPERVISOR_HANDOFF", "GSUPERVISOR_PID", "GSUPERVISOR_GENERATION"];
+        string[] documented = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GSUPERVISOR_HANDOFF", "GSUPERVISOR_PID", "GSUPERVISOR_GENERATION",
+            "DOTNET_STARTUP_HOOKS"];
 
         var added = child.Keys.Except(parent.Keys.Where(k => !owned.Contains(k) && !k.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)));
         Assert.That(added, Is.EquivalentTo(documented), "the only variables added are the documented ones");

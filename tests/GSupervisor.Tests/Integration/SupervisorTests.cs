@@ -328,6 +328,15 @@ public class SupervisorTests
         Assert.That(Encoding.ASCII.GetString(buffer, 0, client.Receive(buffer)), Does.StartWith("HTTP/1.1 200"));
     }
 
-    /// <summary>The handoff path from the environment of a running child.</summary>
-    private static string HandoffPath(int childPid) => Native.Environ(childPid)["GSUPERVISOR_HANDOFF"];
+    /// <summary>
+    /// The handoff path from the environment of a running child. Right after "started" is logged the process may
+    /// not have reached its exec yet (it still has the supervisor's own environment), so this waits for it.
+    /// </summary>
+    private static string HandoffPath(int childPid)
+    {
+        string? path = null;
+        Poll.Until(() => Native.Environ(childPid).TryGetValue("GSUPERVISOR_HANDOFF", out path), TimeSpan.FromSeconds(10),
+            $"pid {childPid} to be exec'd with its environment");
+        return path!;
+    }
 }

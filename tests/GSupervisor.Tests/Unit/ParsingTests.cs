@@ -141,7 +141,15 @@ public class ParsingTests
         Assert.That(m.Status, Is.EqualTo("warming up"));
         Assert.That(m.Fields.ContainsKey("lower"), Is.False);
         Assert.That(NotifyMessage.TryParse("READY=0"u8, out m, out _) && !m!.Ready, Is.True);
+        Assert.That(NotifyMessage.TryParse("X_GSUPERVISOR_DRAIN=http (injected)\nREADY=1\n"u8, out m, out _) && m!.Drain == "http (injected)", Is.True);
     }
+
+    [TestCase(null, "/h.dll", "/h.dll")]
+    [TestCase("", "/h.dll", "/h.dll")]
+    [TestCase("/own/a.dll", "/h.dll", "/own/a.dll:/h.dll")]
+    [TestCase("/own/a.dll:/h.dll:/own/b.dll", "/h.dll", "/own/a.dll:/own/b.dll:/h.dll")]
+    public void The_startup_hook_is_added_after_the_hooks_already_set(string? existing, string hook, string expected) =>
+        Assert.That(StartupHooks.Append(existing, hook), Is.EqualTo(expected));
 
     [Test]
     public void Notify_parser_survives_random_and_oversized_input()

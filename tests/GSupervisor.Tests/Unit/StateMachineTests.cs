@@ -164,6 +164,21 @@ public class StateMachineTests
     }
 
     [Test]
+    public void A_failed_reload_names_the_last_status_the_new_generation_reported()
+    {
+        StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(5) });
+        On(new ReloadRequested("test"));
+        On(new DrainAnnounced(2, "http (injected)"));
+        On(new StatusReported(2, "not ready: health check 'database' is Unhealthy: no connection"));
+        Assert.That(_machine.Generations.Single(g => g.Number == 2).Drain, Is.EqualTo("http (injected)"));
+
+        var outcome = Advance(TimeSpan.FromSeconds(5)).OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Message, Does.Contain("sent no READY=1 within 5s (its last status: not ready: health check 'database' is Unhealthy: no connection)")
+            .And.Contain("generation 1 (pid"));
+    }
+
+    [Test]
     public void Delay_mode_counts_a_child_alive_after_the_delay_as_ready()
     {
         StartServingInDelayMode();
