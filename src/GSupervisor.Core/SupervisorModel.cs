@@ -61,6 +61,8 @@ public sealed class Generation
     /// <summary>How the child said it drains on its stop signal (X_GSUPERVISOR_DRAIN=), or null when it said nothing.</summary>
     public string? Drain { get; internal set; }
     public ExitStatus? ExitStatus { get; internal set; }
+    /// <summary>How the leader exited while the rest of its process group drains on; null while the leader lives.</summary>
+    public ExitStatus? LeaderExit { get; internal set; }
 
     public string Label => Pid is { } pid ? $"generation {Number} (pid {pid})" : $"generation {Number}";
 }
@@ -76,7 +78,10 @@ public abstract record SupervisorEvent
     public sealed record ShutdownRequested(string Source, bool Interrupt) : SupervisorEvent;
     public sealed record ChildSpawned(int Generation, int Pid) : SupervisorEvent;
     public sealed record SpawnFailed(int Generation, string Reason) : SupervisorEvent;
-    public sealed record ChildExited(int Pid, ExitStatus Status) : SupervisorEvent;
+    /// <summary>A generation's leader (or another child) exited. <paramref name="GroupRemains"/>: other members of its process group are still alive.</summary>
+    public sealed record ChildExited(int Pid, ExitStatus Status, bool GroupRemains = false) : SupervisorEvent;
+    /// <summary>The last member of a generation's process group is gone, after its leader exited with it still draining.</summary>
+    public sealed record ProcessGroupEmpty(int Generation) : SupervisorEvent;
     public sealed record ReadyReported(int Generation, string Channel) : SupervisorEvent;
     public sealed record StatusReported(int Generation, string Status) : SupervisorEvent;
     public sealed record DrainAnnounced(int Generation, string Description) : SupervisorEvent;
@@ -98,9 +103,10 @@ public abstract record SupervisorEffect
     /// <summary>The first generation is ready: the service is up.</summary>
     public sealed record ServiceReady(int Generation, int Pid) : SupervisorEffect;
     /// <summary>
-    /// A generation's process is gone (or never started, <paramref name="Pid"/> null): release what is tied to it
-    /// (handoff connections), and end whatever is left of its process group, so no orphaned worker keeps
-    /// serving old code on the shared listeners.
+    /// A generation's process is gone: release what is tied to it (handoff connections), and end whatever is left
+    /// of the process group <paramref name="Pid"/> leads, so no orphaned worker keeps serving old code on the
+    /// shared listeners. <paramref name="Pid"/> is null when there is no group to end: it never started, or its
+    /// group already drained to empty (its id may then be reused).
     /// </summary>
     public sealed record GenerationGone(int Generation, int? Pid) : SupervisorEffect;
     public sealed record ExitSupervisor(int Code) : SupervisorEffect;

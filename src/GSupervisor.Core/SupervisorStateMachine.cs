@@ -11,7 +11,9 @@
 //   * a serving generation is stopped only after its successor is Ready: a failed reload (the new child
 //     exits or misses its ready timeout) stops the new child and leaves the serving one alone;
 //   * reload requests that arrive while a generation is starting collapse into one that runs after it;
-//   * any number of generations may drain at once, each with its own stop deadline (then SIGKILL).
+//   * any number of generations may drain at once, each with its own stop deadline (then SIGKILL);
+//   * a generation is its process group: the stop signal and SIGKILL go to the whole group, and a draining
+//     generation whose leader exits drains on until its group is empty (KillMode=control-group).
 // A serving child that dies is restarted with exponential backoff (the listeners stay open in the
 // supervisor, so clients queue meanwhile); with Restart=false the supervisor exits with the child's status.
 
@@ -29,6 +31,9 @@ public sealed class SupervisorStateMachine
     private int _consecutiveFailures;
     private int _exitCode;
     private bool _killedAll;
+
+    /// <summary>How long a group whose leader has exited is waited for after its SIGKILL (processes stuck in the kernel).</summary>
+    private static readonly TimeSpan KillGrace = TimeSpan.FromSeconds(5);
 
     public SupervisorStateMachine(SupervisorPolicy policy, TimeProvider time)
     {
@@ -88,6 +93,7 @@ public sealed class SupervisorStateMachine
             case SupervisorEvent.ChildSpawned s: OnSpawned(fx, s); break;
             case SupervisorEvent.SpawnFailed f: OnSpawnFailed(fx, f); break;
             case SupervisorEvent.ChildExited x: OnExited(fx, x); break;
+            case SupervisorEvent.ProcessGroupEmpty empty: OnGroupEmpty(fx, empty); break;
             case SupervisorEvent.ReadyReported r: OnReadyReported(fx, r); break;
             case SupervisorEvent.StatusReported s: OnStatus(fx, s); break;
             case SupervisorEvent.DrainAnnounced d: OnDrainAnnounced(fx, d); break;
@@ -127,9 +133,15 @@ public sealed class SupervisorStateMachine
                     break;
                 case GenerationState.Draining when !g.Killed:
                     g.Killed = true;
-                    Log(fx, LogSeverity.Warning,
-                        $"{g.Label} did not exit within {Duration.Format(_policy.StopTimeout)} of {Signals.Name(_policy.StopSignal)}; sending SIGKILL to its process group");
+                    Log(fx, LogSeverity.Warning, g.LeaderExit is null
+                        ? $"{g.Label} did not exit within {Duration.Format(_policy.StopTimeout)} of {Signals.Name(_policy.StopSignal)}; sending SIGKILL to its process group"
+                        : $"the process group of {g.Label} still had processes {Duration.Format(_policy.StopTimeout)} after {Signals.Name(_policy.StopSignal)}; sending SIGKILL to it");
                     fx.Add(new SupervisorEffect.SendSignal(g.Number, g.Pid!.Value, Signals.SIGKILL, WholeProcessGroup: true));
+                    if (g.LeaderExit is not null) g.Deadline = now + KillGrace;
+                    break;
+                case GenerationState.Draining when g.LeaderExit is { } leaderExit:
+                    Log(fx, LogSeverity.Warning, $"processes of the group of {g.Label} outlived SIGKILL by {Duration.Format(KillGrace)}; no longer waiting for them");
+                    Finish(fx, g, leaderExit, groupPid: null);
                     break;
             }
         }
@@ -300,28 +312,51 @@ public sealed class SupervisorStateMachine
             Log(fx, LogSeverity.Debug, $"reaped pid {x.Pid} ({x.Status}), not a generation");
             return;
         }
+        if (g.State == GenerationState.Draining && x.GroupRemains && g.LeaderExit is null)
+        {
+            // As systemd's KillMode=control-group: the whole group got the stop signal and drains until it is
+            // empty; SIGKILL comes only at the stop deadline.
+            g.LeaderExit = x.Status;
+            if (g.Killed && g.Deadline is null) g.Deadline = Now + KillGrace; // SIGKILLed already: the rest dies now
+            Log(fx, LogSeverity.Info, $"{g.Label} exited with {x.Status}; the rest of its process group is still draining");
+            return;
+        }
+        Finish(fx, g, x.Status, groupPid: x.Pid);
+    }
+
+    private void OnGroupEmpty(List<SupervisorEffect> fx, SupervisorEvent.ProcessGroupEmpty e)
+    {
+        if (FindByNumber(e.Generation) is not { LeaderExit: { } leaderExit } g) return;
+        Log(fx, LogSeverity.Debug, $"the process group of {g.Label} is empty");
+        Finish(fx, g, leaderExit, groupPid: null);
+    }
+
+    /// <summary>A generation is over: its leader exited and, if it was draining, so did the rest of its group.</summary>
+    private void Finish(List<SupervisorEffect> fx, Generation g, ExitStatus status, int? groupPid)
+    {
         var now = Now;
         var previousState = g.State;
         g.State = GenerationState.Exited;
-        g.ExitStatus = x.Status;
+        g.ExitStatus = status;
         g.Deadline = null;
         _generations.Remove(g);
-        fx.Add(new SupervisorEffect.GenerationGone(g.Number, x.Pid));
+        fx.Add(new SupervisorEffect.GenerationGone(g.Number, groupPid));
 
         switch (previousState)
         {
             case GenerationState.Starting:
-                Log(fx, LogSeverity.Error, $"{g.Label} exited with {x.Status} before it was ready, after {Duration.Format(now - g.StartedAt)}");
+                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} before it was ready, after {Duration.Format(now - g.StartedAt)}");
                 if (Phase != SupervisorPhase.ShuttingDown)
-                    StartFailed(fx, g, $"{g.Label} exited with {x.Status} before it was ready", x.Status);
+                    StartFailed(fx, g, $"{g.Label} exited with {status} before it was ready", status);
                 break;
             case GenerationState.Ready:
-                OnServingDied(fx, g, x.Status, now);
+                OnServingDied(fx, g, status, now);
                 break;
             case GenerationState.Draining:
                 var since = g.StopRequestedAt is { } at ? $" {Duration.Format(now - at)} after it was asked to stop" : "";
-                Log(fx, x.Status.Success || x.Status.Signal == _policy.StopSignal ? LogSeverity.Info : LogSeverity.Warning,
-                    $"{g.Label} exited with {x.Status}{since}");
+                var group = g.LeaderExit is null ? "" : " (its whole process group)";
+                Log(fx, status.Success || status.Signal == _policy.StopSignal ? LogSeverity.Info : LogSeverity.Warning,
+                    $"{g.Label} exited with {status}{since}{group}");
                 break;
         }
         MaybeExit(fx);
@@ -422,7 +457,9 @@ public sealed class SupervisorStateMachine
         g.StopRequestedAt = Now;
         if (g.Pid is not { } pid) return; // not spawned yet: OnSpawned stops it
         g.Deadline = Now + _policy.StopTimeout;
-        fx.Add(new SupervisorEffect.SendSignal(g.Number, pid, _policy.StopSignal, WholeProcessGroup: false));
+        // The whole process group, as systemd's KillMode=control-group: a wrapper that forked its server, or a
+        // master whose workers outlive it, drains as one.
+        fx.Add(new SupervisorEffect.SendSignal(g.Number, pid, _policy.StopSignal, WholeProcessGroup: true));
     }
 
     private void BeginShutdown(List<SupervisorEffect> fx, int exitCode)

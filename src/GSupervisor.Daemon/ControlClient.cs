@@ -1,8 +1,9 @@
 // Overview
 // --------
 // The verbs `gsupervisor status | reload | stop`: thin clients of the daemon's control socket. Each sends one
-// request line and prints the reply. Exit codes: 0 done; 1 the reload failed (rolled back); 64 usage;
-// 69 no daemon answers on the socket; 75 timed out waiting; 77 permission denied.
+// request line and prints the reply, from a server of the caller's own user or root only (SO_PEERCRED). Exit
+// codes: 0 done; 1 the reload failed (rolled back); 64 usage; 69 no daemon answers on the socket; 75 timed
+// out waiting; 77 permission denied, or the server is another user's.
 
 using System.Diagnostics.CodeAnalysis;
 using System.Net.Sockets;
@@ -103,6 +104,11 @@ internal static class ControlClient
             stderr.WriteLine($"gsupervisor: no gsupervisor is running with control socket {path} ({e.Message}); start one, or give --control PATH");
             return ExitCodes.Unavailable;
         }
+        catch (UntrustedServerException e)
+        {
+            stderr.WriteLine($"gsupervisor: {e.Message}");
+            return ExitCodes.NoPermission;
+        }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.AccessDenied)
         {
             stderr.WriteLine($"gsupervisor: permission denied on control socket {path}; run as the daemon's user or root");
@@ -138,6 +144,14 @@ internal static class ControlClient
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         socket.ReceiveTimeout = (int)Math.Min(int.MaxValue, timeout.TotalMilliseconds);
         socket.Connect(new UnixDomainSocketEndPoint(path));
+        // Believe only a daemon of our own user or root: anyone who can make a socket at the path could answer
+        // "reload succeeded" (and systemd's ExecReload= would report a reload that never happened).
+        var ourUid = (int)Mono.Unix.Native.Syscall.geteuid();
+        if (!Os.Libc.TryGetPeerCredentials((int)socket.Handle, out var serverPid, out var serverUid, out _))
+            throw new UntrustedServerException($"cannot read the credentials of the server of {path}");
+        if (!Os.PeerRule.Trusted(serverUid, ourUid))
+            throw new UntrustedServerException(
+                $"refusing {path}: its server (pid {serverPid}) runs as uid {serverUid}, not you or root (uid {ourUid}); it is not your gsupervisor");
         socket.Send(Encoding.ASCII.GetBytes(request + "\n"));
         var reply = new StringBuilder();
         var buffer = new byte[4096];
@@ -146,3 +160,6 @@ internal static class ControlClient
         return reply.ToString();
     }
 }
+
+/// <summary>The control socket's server is not the caller's user or root, or its credentials cannot be read.</summary>
+internal sealed class UntrustedServerException(string message) : Exception(message);

@@ -6,6 +6,11 @@ using GSupervisor.Daemon.Os;
 using Serilog;
 using Serilog.Sinks.SystemConsole.Themes;
 
+// In run mode the signal handlers come first, before anything that announces the supervisor (pid file, control
+// socket, READY=1); a signal that arrives before the event loop runs waits for it (Os/SupervisorSignals.cs).
+var isVerb = args.Length > 0 && ControlClient.Verbs.Contains(args[0]);
+using var signals = isVerb ? null : SupervisorSignals.Install();
+
 // Mono.Posix's native half ships beside the binary (Native AOT does not embed it); without it nothing below works.
 if (!System.Runtime.InteropServices.NativeLibrary.TryLoad("MonoPosixHelper", typeof(Mono.Unix.Native.Syscall).Assembly, null, out _))
 {
@@ -26,7 +31,7 @@ var stderr = new StreamWriter(new FdWriteStream(2)) { AutoFlush = true };
 Console.SetOut(stdout);
 Console.SetError(stderr);
 
-if (args.Length > 0 && ControlClient.Verbs.Contains(args[0]))
+if (isVerb)
     return ControlClient.Run(args, stdout, stderr);
 
 var read = CommandLineReader.Read(args);
@@ -75,7 +80,7 @@ try
         dotnetHook = DotnetHook.Locate(settings.User, out var hookProblem);
         if (hookProblem is not null) logger.Warning("{Problem}", hookProblem);
     }
-    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, dotnetHook, logger);
+    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, dotnetHook, signals!, logger);
 
     logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
     for (var i = 0; i < listeners.Count; i++)

@@ -4,8 +4,8 @@
 // Everything else (signal handlers, the reaper, the notify and handoff threads) only posts events to its
 // queue. Each turn it waits for the next event or the machine's next deadline (no polling: an idle
 // supervisor blocks here), feeds it to the machine, and carries out the effects the machine returns.
-// Attribution of notify messages and handoff connections to a generation (by the sender's pid and
-// process tree) happens here, since only the loop knows the live generations.
+// Attribution of notify messages and handoff connections to a generation (by the sender's process group, see
+// Os/ProcessTree.cs) happens here, since only the loop knows the live generations.
 //
 // What children (or anyone of their uid) send cannot grow the queue without bound: notify datagrams, handoff
 // connections and handoff lines pass a gate of UntrustedInFlight places, and the thread that read them waits
@@ -58,7 +58,7 @@ internal sealed class SupervisorHost
     private readonly Dictionary<int, List<HandoffConnection>> _connections = [];
     private readonly List<string> _baseEnvironment;
     private readonly uint _expectedUid;
-    private readonly List<PosixSignalRegistration> _signalRegistrations = [];
+    private readonly SupervisorSignals _signals;
     private readonly SystemdNotifier? _systemd;
     private readonly ControlServer _control;
     private readonly List<(int MinGeneration, ControlRequest Request)> _reloadWaiters = [];
@@ -79,9 +79,10 @@ internal sealed class SupervisorHost
     private long _refusalsDroppedAtGate;
 
     public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners, Spawner spawner,
-        RuntimeDirectory runtimeDirectory, ControlServer control, string? dotnetHook, ILogger log)
+        RuntimeDirectory runtimeDirectory, ControlServer control, string? dotnetHook, SupervisorSignals signals, ILogger log)
     {
         _dotnetHook = dotnetHook;
+        _signals = signals;
         _spawner = spawner;
         _control = control;
         _settings = settings;
@@ -124,7 +125,7 @@ internal sealed class SupervisorHost
         _reaper.Start();
         _notify.Start(d => PostUntrusted(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
         _handoff.Start(c => PostUntrusted(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
-        RegisterSignals();
+        _signals.DeliverTo(OnSignal);
         _control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting);
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
@@ -148,7 +149,6 @@ internal sealed class SupervisorHost
             exitCode ??= Execute(_machine.Tick());
             ReportSuppressedRefusals();
         }
-        foreach (var r in _signalRegistrations) r.Dispose();
         foreach (var (_, request) in _reloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
         while (_queue.TryTake(out var left))
         {
@@ -164,21 +164,20 @@ internal sealed class SupervisorHost
         return exitCode.Value;
     }
 
-    private void RegisterSignals()
+    /// <summary>Turns a signal into an event for the loop (called on the runtime's signal thread, or at once for early ones).</summary>
+    private void OnSignal(int signal)
     {
-        void On(PosixSignal signal, Func<SupervisorEvent> toEvent) =>
-            _signalRegistrations.Add(PosixSignalRegistration.Create(signal, context =>
-            {
-                context.Cancel = true; // otherwise the runtime re-raises SIGTERM/SIGINT/SIGQUIT with the default action
-                Post(new LoopEvent.Machine(toEvent()));
-            }));
-
-        On((PosixSignal)Signals.SIGUSR2, () => new SupervisorEvent.ReloadRequested("SIGUSR2"));
-        On(PosixSignal.SIGHUP, () => new SupervisorEvent.ReloadRequested("SIGHUP"));
-        On(PosixSignal.SIGTERM, () => new SupervisorEvent.ShutdownRequested("SIGTERM", Interrupt: false));
-        On(PosixSignal.SIGQUIT, () => new SupervisorEvent.ShutdownRequested("SIGQUIT", Interrupt: false));
-        On(PosixSignal.SIGINT, () => new SupervisorEvent.ShutdownRequested(
-            Interlocked.Increment(ref _interrupts) == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true));
+        SupervisorEvent? e = signal switch
+        {
+            Signals.SIGUSR2 => new SupervisorEvent.ReloadRequested("SIGUSR2"),
+            Signals.SIGHUP => new SupervisorEvent.ReloadRequested("SIGHUP"),
+            Signals.SIGTERM => new SupervisorEvent.ShutdownRequested("SIGTERM", Interrupt: false),
+            Signals.SIGQUIT => new SupervisorEvent.ShutdownRequested("SIGQUIT", Interrupt: false),
+            Signals.SIGINT => new SupervisorEvent.ShutdownRequested(
+                Interlocked.Increment(ref _interrupts) == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true),
+            _ => null,
+        };
+        if (e is not null) Post(new LoopEvent.Machine(e));
     }
 
     /// <summary>A bug in handling one event is logged; the supervisor keeps its children and goes on.</summary>
@@ -209,7 +208,16 @@ internal sealed class SupervisorHost
             case LoopEvent.Machine m:
                 return Execute(_machine.Handle(m.Event));
             case LoopEvent.ChildExited x:
-                return Execute(_machine.Handle(new SupervisorEvent.ChildExited(x.Pid, x.Status)));
+            {
+                // A draining generation's leader may exit before the rest of its group (a wrapper that forked its
+                // server): the group then drains on until it is empty or the stop timeout's SIGKILL.
+                var groupRemains = _machine.FindByPid(x.Pid) is { State: GenerationState.Draining } && ProcessTree.HasLiveMembers(x.Pid, except: x.Pid);
+                var exit = Execute(_machine.Handle(new SupervisorEvent.ChildExited(x.Pid, x.Status, groupRemains)));
+                foreach (var g in _machine.Generations.Where(g => g.LeaderExit is not null).ToList())
+                    if (!ProcessTree.HasLiveMembers(g.Pid!.Value, except: g.Pid.Value))
+                        exit ??= Execute(_machine.Handle(new SupervisorEvent.ProcessGroupEmpty(g.Number)));
+                return exit;
+            }
             case LoopEvent.Notify n:
                 return OnNotify(n.Datagram);
             case LoopEvent.HandoffConnected c:
@@ -417,7 +425,7 @@ internal sealed class SupervisorHost
             LogRefusal($"dropped a notify message from pid {d.SenderPid}: larger than {NotifyMessage.MaxBytes} bytes");
             return null;
         }
-        if (d.SenderUid != _expectedUid && d.SenderUid != 0)
+        if (!PeerRule.Trusted(d.SenderUid, _expectedUid))
         {
             LogRefusal($"dropped a notify message from pid {d.SenderPid}: uid {d.SenderUid} is not the children's uid {_expectedUid}");
             return null;
@@ -460,7 +468,7 @@ internal sealed class SupervisorHost
 
     private void OnHandoffConnected(HandoffConnection c)
     {
-        if (c.PeerUid != _expectedUid && c.PeerUid != 0)
+        if (!PeerRule.Trusted(c.PeerUid, _expectedUid))
         {
             LogRefusal($"refused a handoff connection from pid {c.PeerPid}: uid {c.PeerUid} is not the children's uid {_expectedUid}");
             c.Refuse("wrong uid");
@@ -494,11 +502,9 @@ internal sealed class SupervisorHost
             () => Post(new LoopEvent.HandoffClosed(generation, c)));
     }
 
-    private int? FindGeneration(int pid)
-    {
-        var roots = _machine.Generations.Where(g => g.Pid is not null).ToDictionary(g => g.Pid!.Value, g => g.Number);
-        return ProcessTree.FindRoot(pid, roots.Keys) is { } root ? roots[root] : null;
-    }
+    /// <summary>The generation <paramref name="pid"/> belongs to: the one whose leader leads its process group (see ProcessTree).</summary>
+    private int? FindGeneration(int pid) =>
+        ProcessTree.ProcessGroupOf(pid) is { } group && _machine.FindByPid(group) is { } g ? g.Number : null;
 
     /// <summary>
     /// Refusals are logged, but a child flooding the sockets cannot flood the log: at most

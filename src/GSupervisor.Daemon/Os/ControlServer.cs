@@ -56,39 +56,36 @@ internal sealed class ControlServer
             throw new StartupException(e is UnauthorizedAccessException ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
                 $"cannot create the control socket's directory {directory}: {e.Message}; give --control PATH");
         }
-        if (Syscall.lstat(path, out var existing) == 0)
+        // Whoever may write to the directory could replace the socket with one of their own.
+        if (Syscall.stat(directory, out var folder) == 0)
         {
-            if ((existing.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
+            var ourUid = Syscall.geteuid();
+            if (!PeerRule.Trusted(folder.st_uid, ourUid))
+                throw new StartupException(ExitCodes.NoPermission,
+                    $"the control socket's directory {directory} belongs to uid {folder.st_uid}, not to this user (uid {ourUid}) or root, so its owner could replace the socket; give --control PATH in a directory of your own");
+            if ((folder.st_mode & (FilePermissions.S_IWGRP | FilePermissions.S_IWOTH)) != 0 && (folder.st_mode & FilePermissions.S_ISVTX) == 0)
+                throw new StartupException(ExitCodes.NoPermission,
+                    $"the control socket's directory {directory} is writable by others (mode {Convert.ToString((int)folder.st_mode & 0xFFF, 8)}) without the sticky bit, so anyone could replace the socket; give --control PATH in a directory of your own");
+        }
+        switch (UnixSocketFiles.FreeUnlessLive(path))
+        {
+            case (UnixSocketFiles.Existing.NotASocket, _):
                 throw new StartupException(ExitCodes.CannotCreate, $"--control {path} exists and is not a socket; remove it or give another path");
-            var probe = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
-            var connected = Syscall.connect(probe, new SockaddrUn(path)) == 0;
-            var errno = ErrorNumbers.Last;
-            Syscall.close(probe);
-            if (connected)
+            case (UnixSocketFiles.Existing.Live, _):
                 throw new StartupException(ExitCodes.Unavailable,
                     $"another gsupervisor is running with control socket {path}; give this one its own with --control PATH");
-            if (errno != ErrorNumbers.ECONNREFUSED)
+            case (UnixSocketFiles.Existing.Unknown, var errno):
                 throw new StartupException(ExitCodes.Unavailable,
-                    $"cannot tell whether control socket {path} is in use ({ErrorNumbers.Describe(errno)}); give --control PATH");
-            Syscall.unlink(path); // stale: nobody accepts on it
+                    $"cannot tell whether control socket {path} is in use, or cannot replace it ({ErrorNumbers.Describe(errno)}); give --control PATH");
         }
         var fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
-        var oldMask = Syscall.umask(FilePermissions.S_IRWXG | FilePermissions.S_IRWXO); // born 0600: no window for others
-        try
+        if (UnixSocketFiles.Bind(fd, new SockaddrUn(path), FilePermissions.S_IRUSR | FilePermissions.S_IWUSR) != 0 || Syscall.listen(fd, 16) != 0)
         {
-            if (Syscall.bind(fd, new SockaddrUn(path)) != 0 || Syscall.listen(fd, 16) != 0)
-            {
-                var errno = ErrorNumbers.Last;
-                Syscall.close(fd);
-                throw new StartupException(errno == ErrorNumbers.EACCES ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
-                    $"cannot listen on control socket {path}: {ErrorNumbers.Describe(errno)}; give --control PATH");
-            }
+            var errno = ErrorNumbers.Last;
+            Syscall.close(fd);
+            throw new StartupException(errno == ErrorNumbers.EACCES ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
+                $"cannot listen on control socket {path}: {ErrorNumbers.Describe(errno)}; give --control PATH");
         }
-        finally
-        {
-            Syscall.umask(oldMask);
-        }
-        Syscall.chmod(path, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR); // born 0700 under the umask; 0600 is the documented mode
         return new ControlServer(path, fd);
     }
 
@@ -109,7 +106,7 @@ internal sealed class ControlServer
                 continue;
             }
             var request = new ControlRequest(fd);
-            if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) || uid != ourUid && uid != 0)
+            if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) || !PeerRule.Trusted(uid, ourUid))
             {
                 onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
                 request.Reply("ERR permission denied: only the daemon's user or root may control it");
@@ -126,7 +123,8 @@ internal sealed class ControlServer
             {
                 long n;
                 fixed (byte* p = buffer) n = Syscall.read(fd, p + filled, (ulong)(buffer.Length - filled));
-                if (n <= 0) break;
+                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue; // interrupted: read again
+                if (n <= 0) break; // end of input, or the one-second timeout (EAGAIN): a request that did not come
                 filled += (int)n;
             }
             var newline = Array.IndexOf(buffer, (byte)'\n', 0, filled);
@@ -158,7 +156,8 @@ internal sealed class ControlRequest(int fd)
         while (sent < bytes.Length)
         {
             var n = Syscall.send(fd, bytes[sent..], (ulong)(bytes.Length - sent), MessageFlags.MSG_NOSIGNAL);
-            if (n <= 0) break;
+            if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue; // interrupted: send again
+            if (n <= 0) break; // the peer is gone, or did not read for a second (SO_SNDTIMEO): it gets what fit
             sent += (int)n;
         }
         Syscall.close(fd);

@@ -154,14 +154,13 @@ internal static class Listeners
         try
         {
             var address = isAbstract ? new SockaddrUn(path[1..], linuxAbstractNamespace: true) : new SockaddrUn(path);
-            if (Syscall.bind(fd, address) != 0) throw BindError(spec, ErrorNumbers.Last);
+            // Born with its mode (default 0666 less the umask, as a plain bind would make it).
+            var bound = isAbstract || spec.UnixMode is not { } mode
+                ? Syscall.bind(fd, address)
+                : UnixSocketFiles.Bind(fd, address, (FilePermissions)mode);
+            if (bound != 0) throw BindError(spec, ErrorNumbers.Last);
             ulong inode = 0;
-            if (!isAbstract)
-            {
-                if (spec.UnixMode is { } mode && Syscall.chmod(path, (FilePermissions)mode) != 0)
-                    throw new StartupException(ExitCodes.NoPermission, $"cannot set mode {Convert.ToString(mode, 8)} on {path}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
-                if (Syscall.lstat(path, out var st) == 0) inode = st.st_ino;
-            }
+            if (!isAbstract && Syscall.lstat(path, out var st) == 0) inode = st.st_ino;
             if (Syscall.listen(fd, backlog) != 0) throw BindError(spec, ErrorNumbers.Last);
             return new BoundListener(spec, fd, "unix:" + path, isAbstract ? null : path, inode);
         }
@@ -175,26 +174,17 @@ internal static class Listeners
     /// <summary>A socket file nobody accepts on is stale and is removed; a live one or a non-socket is an error.</summary>
     private static void RemoveStaleSocket(ListenSpec spec, string path)
     {
-        if (Syscall.lstat(path, out var st) != 0) return;
-        if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
-            throw new StartupException(ExitCodes.CannotCreate,
-                $"cannot listen on {spec.Text}: {path} exists and is not a socket; remove it or choose another path");
-        var probe = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, UnixSocketFlags.SOCK_CLOEXEC, 0);
-        try
+        switch (UnixSocketFiles.FreeUnlessLive(path))
         {
-            if (Syscall.connect(probe, new SockaddrUn(path)) == 0)
+            case (UnixSocketFiles.Existing.NotASocket, _):
+                throw new StartupException(ExitCodes.CannotCreate,
+                    $"cannot listen on {spec.Text}: {path} exists and is not a socket; remove it or choose another path");
+            case (UnixSocketFiles.Existing.Live, _):
                 throw new StartupException(ExitCodes.Unavailable,
                     $"cannot listen on {spec.Text}: another process is accepting on {path}; stop it or choose another path");
-            var errno = ErrorNumbers.Last;
-            if (errno != ErrorNumbers.ECONNREFUSED)
-                throw new StartupException(errno == ErrorNumbers.EACCES ? ExitCodes.NoPermission : ExitCodes.OsError,
-                    $"cannot listen on {spec.Text}: cannot tell whether {path} is in use: {ErrorNumbers.Describe(errno)}");
+            case (UnixSocketFiles.Existing.Unknown, var errno):
+                throw new StartupException(errno is ErrorNumbers.EACCES or ErrorNumbers.EPERM ? ExitCodes.NoPermission : ExitCodes.OsError,
+                    $"cannot listen on {spec.Text}: cannot tell whether {path} is in use, or cannot remove it: {ErrorNumbers.Describe(errno)}");
         }
-        finally
-        {
-            Syscall.close(probe);
-        }
-        if (Syscall.unlink(path) != 0)
-            throw new StartupException(ExitCodes.NoPermission, $"cannot remove stale socket {path}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
     }
 }

@@ -16,18 +16,25 @@ public class StateMachineTests
     {
         _clock = new FakeTimeProvider();
         _nextPid = 1000;
+        _spawnFails = null; // the fixture's instance is shared by its tests
         _machine = new SupervisorStateMachine(policy ?? new SupervisorPolicy(), _clock);
         return _machine;
     }
 
-    /// <summary>Feeds effects back as the OS edge would: every spawn succeeds with the next pid.</summary>
+    /// <summary>When set and true for a spawn, that spawn fails (SpawnFailed) instead of succeeding.</summary>
+    private Func<bool>? _spawnFails;
+
+    /// <summary>Feeds effects back as the OS edge would: every spawn succeeds with the next pid, unless <see cref="_spawnFails"/> says otherwise.</summary>
     private List<SupervisorEffect> Run(IReadOnlyList<SupervisorEffect> effects)
     {
         var all = new List<SupervisorEffect>();
         foreach (var e in effects)
         {
             all.Add(e);
-            if (e is SpawnGeneration s) all.AddRange(Run(_machine.Handle(new ChildSpawned(s.Generation, ++_nextPid))));
+            if (e is SpawnGeneration s)
+                all.AddRange(Run(_machine.Handle(_spawnFails?.Invoke() == true
+                    ? new SpawnFailed(s.Generation, "failed as the test asked")
+                    : new ChildSpawned(s.Generation, ++_nextPid))));
         }
         return all;
     }
@@ -84,7 +91,7 @@ public class StateMachineTests
         Assert.That(Signals(fx), Is.Empty, "generation 1 keeps serving while 2 starts");
 
         fx = On(new ReadyReported(2, "test"));
-        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGTERM, false)));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGTERM, WholeProcessGroup: true)));
         Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.True);
         Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
         Assert.That(_machine.FindByNumber(1)!.State, Is.EqualTo(GenerationState.Draining));
@@ -152,7 +159,7 @@ public class StateMachineTests
         Assert.That(Signals(Advance(TimeSpan.FromSeconds(9.999))), Is.Empty);
 
         var fx = Advance(TimeSpan.FromMilliseconds(1));
-        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(2, newPid, Core.Signals.SIGTERM, false)));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(2, newPid, Core.Signals.SIGTERM, WholeProcessGroup: true)));
         var logs = string.Join("\n", fx.OfType<Log>().Select(l => l.Message));
         Assert.That(logs, Does.Contain("generation 2 (pid " + newPid + ") sent no READY=1 within 10s").And.Contain("--ready delay:2s"));
         Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.False);
@@ -176,6 +183,55 @@ public class StateMachineTests
         Assert.That(outcome.Succeeded, Is.False);
         Assert.That(outcome.Message, Does.Contain("sent no READY=1 within 5s (its last status: not ready: health check 'database' is Unhealthy: no connection)")
             .And.Contain("generation 1 (pid"));
+    }
+
+    [Test]
+    public void A_draining_group_whose_leader_exited_drains_on_until_it_is_empty()
+    {
+        StartServing(new SupervisorPolicy { StopTimeout = TimeSpan.FromSeconds(10) });
+        On(new ReloadRequested("test"));
+        var oldPid = PidOf(1);
+        var fx = On(new ReadyReported(2, "test"));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, oldPid, Core.Signals.SIGTERM, WholeProcessGroup: true)), "the stop signal goes to the whole group");
+
+        // The wrapper (the leader) dies at SIGTERM; its forked server is still finishing requests.
+        fx = On(new ChildExited(oldPid, ExitStatus.Killed(Core.Signals.SIGTERM), GroupRemains: true));
+        Assert.That(fx.OfType<GenerationGone>(), Is.Empty, "no SIGKILL to the group while it drains");
+        Assert.That(_machine.FindByNumber(1)!.State, Is.EqualTo(GenerationState.Draining));
+
+        fx = On(new ProcessGroupEmpty(1));
+        Assert.That(fx.OfType<GenerationGone>().Single(), Is.EqualTo(new GenerationGone(1, null)), "the drained group is not killed: its id may be reused");
+        Assert.That(_machine.FindByNumber(1), Is.Null);
+        Assert.That(string.Join("\n", fx.OfType<Log>().Select(l => l.Message)), Does.Contain("(its whole process group)"));
+    }
+
+    [Test]
+    public void A_group_still_draining_at_the_stop_deadline_is_killed_and_then_let_go()
+    {
+        StartServing(new SupervisorPolicy { StopTimeout = TimeSpan.FromSeconds(10) });
+        On(new ReloadRequested("test"));
+        var oldPid = PidOf(1);
+        On(new ReadyReported(2, "test"));
+        On(new ChildExited(oldPid, ExitStatus.Exited(0), GroupRemains: true));
+
+        Assert.That(Signals(Advance(TimeSpan.FromSeconds(9.9))), Is.Empty);
+        var fx = Advance(TimeSpan.FromSeconds(0.1));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, oldPid, Core.Signals.SIGKILL, WholeProcessGroup: true)));
+        Assert.That(_machine.FindByNumber(1), Is.Not.Null);
+
+        // Members stuck in the kernel outlive SIGKILL: the generation is let go after a grace period.
+        fx = Advance(TimeSpan.FromSeconds(5));
+        Assert.That(fx.OfType<GenerationGone>().Single(), Is.EqualTo(new GenerationGone(1, null)));
+        Assert.That(_machine.FindByNumber(1), Is.Null);
+    }
+
+    [Test]
+    public void A_serving_leader_that_dies_takes_its_group_with_it()
+    {
+        StartServing();
+        var pid = PidOf(1);
+        var fx = On(new ChildExited(pid, ExitStatus.Exited(70), GroupRemains: true));
+        Assert.That(fx.OfType<GenerationGone>().Single(), Is.EqualTo(new GenerationGone(1, pid)), "a crash is not a drain: what is left of the group is ended");
     }
 
     [Test]
@@ -409,23 +465,39 @@ public class StateMachineTests
     {
         var random = new Random(seed);
         StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(3), StopTimeout = TimeSpan.FromSeconds(2) });
+        _spawnFails = () => random.Next(8) == 0;
+        var stopSignals = 0;
         for (var step = 0; step < 2000 && _machine.Phase != SupervisorPhase.Exited; step++)
         {
             var live = _machine.Generations.Where(g => g.Pid is not null).ToList();
             var pick = live.Count > 0 ? live[random.Next(live.Count)] : null;
-            switch (random.Next(10))
+            var servingBefore = _machine.Serving;
+            var fx = random.Next(12) switch
             {
-                case 0 or 1 or 2: On(new ReloadRequested("random")); break;
-                case 3 or 4 when pick is not null: On(new ReadyReported(pick.Number, "random")); break;
-                case 5 when pick is not null: On(new ChildExited(pick.Pid!.Value, ExitStatus.Exited(random.Next(3)))); break;
-                case 6 when step > 1900: On(new ShutdownRequested("random", random.Next(2) == 0)); break;
-                default: Advance(TimeSpan.FromMilliseconds(random.Next(1, 1500))); break;
+                0 or 1 or 2 => On(new ReloadRequested("random")),
+                3 or 4 when pick is not null => On(new ReadyReported(pick.Number, "random")),
+                5 when pick is not null => On(new ChildExited(pick.Pid!.Value, ExitStatus.Exited(random.Next(3)), GroupRemains: random.Next(2) == 0)),
+                6 when step > 1900 => On(new ShutdownRequested("random", random.Next(2) == 0)),
+                7 when _machine.Generations.FirstOrDefault(g => g.LeaderExit is not null) is { } emptied => On(new ProcessGroupEmpty(emptied.Number)),
+                _ => Advance(TimeSpan.FromMilliseconds(random.Next(1, 1500))),
+            };
+
+            // The protocol's promise: the serving generation gets its stop signal only once its successor is
+            // ready (and serving), or when the supervisor shuts down.
+            foreach (var stop in fx.OfType<SendSignal>().Where(x => x.Generation == servingBefore?.Number && x.Signal == Core.Signals.SIGTERM))
+            {
+                stopSignals++;
+                Assert.That(_machine.Phase != SupervisorPhase.Running || _machine.Serving is { } next && next.Number > stop.Generation, Is.True,
+                    $"step {step}: serving generation {stop.Generation} was stopped with nothing newer serving");
             }
             Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Starting), Is.LessThanOrEqualTo(1));
             Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Ready), Is.LessThanOrEqualTo(1));
+            Assert.That(_machine.Generations.Where(g => g.LeaderExit is not null).All(g => g.State == GenerationState.Draining), Is.True,
+                "only a draining generation outlives its leader");
             if (_machine.Phase == SupervisorPhase.Running)
                 Assert.That(_machine.Serving is not null || _machine.Starting is not null || _machine.RestartAt is not null, Is.True,
                     "while running, something serves, starts, or is about to restart");
         }
+        Assert.That(stopSignals, Is.GreaterThan(0), "the sequence stopped serving generations, so the promise was checked");
     }
 }
