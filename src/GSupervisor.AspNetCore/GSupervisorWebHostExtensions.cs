@@ -130,7 +130,8 @@ public static class GSupervisorWebHostExtensions
             CheckNames(existing, client);
             return;
         }
-        if (!client.IsSupervised || client.Listeners.Count == 0) return;
+        // Supervised without any --listen: the app binds its own URLs, but readiness and the drain still apply.
+        if (!client.IsSupervised) return;
 
         var options = new GSupervisorOptions { Injected = injected };
         options.Read(configuration.GetSection("GSupervisor"));
@@ -309,10 +310,14 @@ internal sealed class GSupervisorLifetime(
         client.NotifyDrain(options.Injected ? "http (injected)" : "http");
         lifetime.ApplicationStarted.Register(() =>
         {
-            logger.LogInformation(
-                "Generation {Generation} listens on the {Count} socket(s) gsupervisor handed over ({Names}), not on URLs configured for the app{How}",
-                client.Generation, client.Listeners.Count, string.Join(", ", client.Listeners.Select(l => l.Name)),
-                options.Injected ? "; set up by gsupervisor's startup hook (gsupervisor --no-inject turns it off)" : "");
+            var how = options.Injected ? "; set up by gsupervisor's startup hook (gsupervisor --no-inject turns it off)" : "";
+            if (client.Listeners.Count == 0)
+                logger.LogInformation("Generation {Generation}: gsupervisor handed over no sockets (no --listen), so the app listens on its own URLs{How}",
+                    client.Generation, how);
+            else
+                logger.LogInformation(
+                    "Generation {Generation} listens on the {Count} socket(s) gsupervisor handed over ({Names}), not on URLs configured for the app{How}",
+                    client.Generation, client.Listeners.Count, string.Join(", ", client.Listeners.Select(l => l.Name)), how);
             _ = ReportReadyAsync(lifetime.ApplicationStopping);
         });
         lifetime.ApplicationStopping.Register(client.NotifyStopping);

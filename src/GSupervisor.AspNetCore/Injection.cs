@@ -32,7 +32,7 @@ internal static class StartupHookEntry
     public static void Initialize()
     {
         var client = GSupervisorClient.Connect();
-        if (!client.IsSupervised || client.Listeners.Count == 0) return;
+        if (!client.IsSupervised) return;
         Injected = true;
         var name = typeof(StartupHookEntry).Assembly.GetName().Name!;
         var current = Environment.GetEnvironmentVariable(HostingStartupVariable);

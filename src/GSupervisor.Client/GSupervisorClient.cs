@@ -292,8 +292,10 @@ public sealed class GSupervisorClient : IDisposable
 
     private static void CloseListenFds(IReadOnlyDictionary<string, string> environment, int processId)
     {
+        // Only what is still a socket: an fd the app reused for something else since is not ours to close.
         var count = ListenFdCount(environment, processId);
-        for (var i = 0; i < count; i++) Native.close(3 + i);
+        for (var i = 0; i < count; i++)
+            if (Native.IsSocket(3 + i)) Native.close(3 + i);
     }
 
     private static int ListenFdCount(IReadOnlyDictionary<string, string> environment, int processId)

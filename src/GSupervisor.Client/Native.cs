@@ -45,6 +45,19 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
     internal static partial int close(int fd);
 
+    [LibraryImport("libc", EntryPoint = "getsockopt", SetLastError = true)]
+    private static partial int getsockopt(int fd, int level, int name, int* value, uint* length);
+
+    private const int SO_TYPE = 3;
+
+    /// <summary>Whether <paramref name="fd"/> is an open socket (SO_TYPE answers only for sockets).</summary>
+    public static bool IsSocket(int fd)
+    {
+        int type;
+        uint length = sizeof(int);
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0;
+    }
+
     /// <summary>Receives bytes and any SCM_RIGHTS fds (marked close-on-exec). Returns the byte count, 0 at end of file.</summary>
     public static int Receive(int socket, Span<byte> buffer, List<int> fds)
     {
