@@ -4,13 +4,13 @@
 // the handoff socket, and fcntl to mark inherited fds close-on-exec. Layouts are those of 64-bit Linux.
 
 using System.Runtime.InteropServices;
+using GSupervisor.Core;
 
 namespace GSupervisor.Client;
 
 internal static unsafe partial class Native
 {
     private const int SOL_SOCKET = 1;
-    private const int SCM_RIGHTS = 1;
     private const int MSG_CMSG_CLOEXEC = 0x40000000;
     private const int F_GETFD = 1;
     private const int F_SETFD = 2;
@@ -83,18 +83,7 @@ internal static unsafe partial class Native
             if (received < 0)
                 throw new IOException($"recvmsg on the handoff socket failed (errno {Marshal.GetLastPInvokeError()})");
 
-            var offset = 0;
-            while (offset + headerSize <= (int)message.ControlLength)
-            {
-                var length = (int)*(nuint*)(control + offset);
-                var level = *(int*)(control + offset + 8);
-                var type = *(int*)(control + offset + 12);
-                if (length < headerSize) break;
-                if (level == SOL_SOCKET && type == SCM_RIGHTS)
-                    for (var i = headerSize; i + sizeof(int) <= length; i += sizeof(int))
-                        fds.Add(*(int*)(control + offset + i));
-                offset += (length + 7) & ~7;
-            }
+            fds.AddRange(ControlMessages.Parse(new ReadOnlySpan<byte>(control, (int)message.ControlLength)).Fds);
             return (int)received;
         }
     }

@@ -7,7 +7,7 @@ namespace GSupervisor.Core;
 /// Wire format of the handoff socket (a Unix stream socket named by <c>GSUPERVISOR_HANDOFF</c>).
 /// <para>
 /// The supervisor checks the peer's credentials when a process connects. It then writes one greeting line,
-/// <c>GSUPERVISOR/1 generation=N fds=K names=a:b\n</c>, whose first byte carries the K listening sockets as
+/// <c>GSUPERVISOR/1 generation=N fds=K names=a:b\n</c> (names percent-encoded, see <see cref="EncodeName"/>), whose first byte carries the K listening sockets as
 /// <c>SCM_RIGHTS</c>, in the order of LISTEN_FDNAMES. A refused peer reads <c>ERR reason\n</c> and the connection
 /// closes. After the greeting, the child writes sd_notify lines (<c>READY=1\n</c>, <c>STATUS=...\n</c>,
 /// <c>STOPPING=1\n</c>, and <c>X_GSUPERVISOR_DRAIN=how\n</c> to say how it drains), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor writes
@@ -21,7 +21,20 @@ public static class HandoffProtocol
     public const int MaxLineBytes = NotifyMessage.MaxBytes;
 
     public static byte[] EncodeGreeting(int generation, IReadOnlyList<string> names) =>
-        Encoding.ASCII.GetBytes($"{Magic} generation={generation} fds={names.Count} names={string.Join(':', names)}\n");
+        Encoding.UTF8.GetBytes($"{Magic} generation={generation} fds={names.Count} names={string.Join(':', names.Select(EncodeName))}\n");
+
+    /// <summary>
+    /// A name as it travels in the greeting: '%', space, ':' and control characters percent-encoded, so a name
+    /// systemd allows (FileDescriptorName= may hold spaces) cannot break the line's fields.
+    /// </summary>
+    public static string EncodeName(string name)
+    {
+        var sb = new StringBuilder(name.Length);
+        foreach (var c in name)
+            if (c is '%' or ' ' or ':' || char.IsControl(c)) sb.Append('%').Append(((int)c).ToString("X2", CultureInfo.InvariantCulture));
+            else sb.Append(c);
+        return sb.ToString();
+    }
 
     /// <summary>The line that asks a generation to drain: stop accepting, finish what it has, then exit.</summary>
     public const string DrainLine = "DRAIN";
@@ -71,7 +84,7 @@ public static class HandoffProtocol
                     count = c;
                     break;
                 case "names":
-                    names = value.Length == 0 ? [] : value.Split(':');
+                    names = value.Length == 0 ? [] : value.Split(':').Select(Uri.UnescapeDataString).ToArray();
                     break;
             }
         }

@@ -8,6 +8,7 @@
 // a child cannot make the supervisor hold its files or exhaust its fds.
 
 using System.Runtime.InteropServices;
+using GSupervisor.Core;
 using Mono.Unix.Native;
 
 namespace GSupervisor.Daemon.Os;
@@ -106,32 +107,17 @@ internal static class UnixMessages
                 if (errno != ErrorNumbers.EINTR) return null;
             }
             errno = 0;
-            int pid = 0, uid = -1, held = -1, discarded = 0;
-            for (var offset = Syscall.CMSG_FIRSTHDR(msg); offset != -1; offset = Syscall.CMSG_NXTHDR(msg, offset))
+            var (fds, sender) = ControlMessages.Parse(msg.msg_control.AsSpan(0, (int)Math.Min(msg.msg_controllen, msg.msg_control.Length)));
+            int pid = sender?.Pid ?? 0, uid = sender?.Uid ?? -1, held = -1, discarded = 0;
+            foreach (var fd in fds)
             {
-                var header = Cmsghdr.ReadFromBuffer(msg, offset);
-                if (header.cmsg_level != UnixSocketProtocol.SOL_SOCKET) continue;
-                var data = (int)Syscall.CMSG_DATA(msg, offset);
-                var length = (int)(header.cmsg_len - (data - offset));
-                if (header.cmsg_type == UnixSocketControlMessage.SCM_CREDENTIALS && length >= 12)
+                if (held < 0)
                 {
-                    pid = BitConverter.ToInt32(msg.msg_control, data);
-                    uid = BitConverter.ToInt32(msg.msg_control, data + 4);
+                    held = fd;
+                    continue;
                 }
-                else if (header.cmsg_type == UnixSocketControlMessage.SCM_RIGHTS)
-                {
-                    for (var i = 0; i + sizeof(int) <= length; i += sizeof(int))
-                    {
-                        var fd = BitConverter.ToInt32(msg.msg_control, data + i);
-                        if (held < 0)
-                        {
-                            held = fd;
-                            continue;
-                        }
-                        Syscall.close(fd);
-                        discarded++;
-                    }
-                }
+                Syscall.close(fd);
+                discarded++;
             }
             var truncated = (msg.msg_flags & MessageFlags.MSG_TRUNC) != 0 || (msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0;
             return new ReceivedDatagram(buffer.AsSpan(0, (int)received).ToArray(), pid, uid, truncated, held, discarded);

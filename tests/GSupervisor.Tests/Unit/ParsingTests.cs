@@ -168,6 +168,41 @@ public class ParsingTests
     }
 
     [Test]
+    public void Control_messages_yield_the_fds_and_credentials_and_stop_at_a_malformed_header()
+    {
+        static byte[] Message(int level, int type, params int[] values)
+        {
+            var length = 16 + values.Length * 4;
+            var bytes = new byte[(length + 7) & ~7];
+            BitConverter.GetBytes((ulong)length).CopyTo(bytes, 0);
+            BitConverter.GetBytes(level).CopyTo(bytes, 8);
+            BitConverter.GetBytes(type).CopyTo(bytes, 12);
+            for (var i = 0; i < values.Length; i++) BitConverter.GetBytes(values[i]).CopyTo(bytes, 16 + i * 4);
+            return bytes;
+        }
+        byte[] control = [.. Message(1, 2, 4242, 1000, 1000), .. Message(1, 1, 7, 8, 9), .. Message(6, 1, 99)];
+        var (fds, sender) = ControlMessages.Parse(control);
+        Assert.That(fds, Is.EqualTo(new[] { 7, 8, 9 }), "only SOL_SOCKET's SCM_RIGHTS");
+        Assert.That(sender, Is.EqualTo(new ControlMessages.Credentials(4242, 1000, 1000)));
+
+        var broken = Message(1, 1, 5);
+        BitConverter.GetBytes(4096UL).CopyTo(broken, 0); // a length past the buffer
+        Assert.That(ControlMessages.Parse(broken).Fds, Is.Empty);
+        Assert.That(ControlMessages.Parse(control.AsSpan(0, 20)).Fds, Is.Empty, "a cut header");
+    }
+
+    [Test]
+    public void Greeting_carries_names_with_spaces_colons_and_percent_signs()
+    {
+        string[] names = ["public web", "a:b", "100%", "plain"];
+        var line = Encoding.UTF8.GetString(HandoffProtocol.EncodeGreeting(3, names)).TrimEnd('\n');
+        Assert.That(line, Does.Not.Contain("public web"), "one field per word of the line");
+        Assert.That(HandoffProtocol.TryParseGreeting(line, out var greeting, out var error), Is.True, error);
+        Assert.That(greeting!.Names, Is.EqualTo(names));
+        Assert.That(greeting.FdCount, Is.EqualTo(4));
+    }
+
+    [Test]
     public void Handoff_greeting_round_trips_and_refusals_are_recognised()
     {
         var bytes = HandoffProtocol.EncodeGreeting(7, ["web", "unknown"]);
