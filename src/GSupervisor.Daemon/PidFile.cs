@@ -19,11 +19,11 @@ internal static class PidFile
         var temporary = Path.Combine(directory, $".{Path.GetFileName(path)}.{Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant()}");
         var fd = Syscall.open(temporary, OpenFlags.O_WRONLY | OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_NOFOLLOW | OpenFlags.O_CLOEXEC,
             FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IRGRP | FilePermissions.S_IROTH);
-        if (fd < 0) throw Failed(path, Stdlib.GetLastError());
+        if (fd < 0) throw Failed(path, ErrorNumbers.Last);
         try
         {
             var text = Encoding.ASCII.GetBytes(Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
-            if (Fd.WriteAll(fd, text) != text.Length) throw Failed(path, Stdlib.GetLastError());
+            if (Fd.WriteAll(fd, text) != text.Length) throw Failed(path, ErrorNumbers.Last);
         }
         catch
         {
@@ -34,15 +34,15 @@ internal static class PidFile
         Syscall.close(fd);
         if (Stdlib.rename(temporary, path) != 0)
         {
-            var errno = Stdlib.GetLastError();
+            var errno = ErrorNumbers.Last;
             Syscall.unlink(temporary);
             throw Failed(path, errno);
         }
     }
 
-    private static StartupException Failed(string path, Errno errno) =>
-        new(errno is Errno.EACCES or Errno.EPERM or Errno.EROFS ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
-            $"cannot write --pid-file {path}: {Stdlib.strerror(errno)}");
+    private static StartupException Failed(string path, int errno) =>
+        new(errno is ErrorNumbers.EACCES or ErrorNumbers.EPERM or ErrorNumbers.EROFS ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
+            $"cannot write --pid-file {path}: {ErrorNumbers.Describe(errno)}");
 
     /// <summary>Removes the file if it still holds our pid (another instance may have taken it over).</summary>
     public static void Remove(string path)

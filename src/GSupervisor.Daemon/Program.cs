@@ -9,6 +9,8 @@ using Serilog.Sinks.SystemConsole.Themes;
 // In run mode the signal handlers come first, before anything that announces the supervisor (pid file, control
 // socket, READY=1); a signal that arrives before the event loop runs waits for it (Os/SupervisorSignals.cs).
 var isVerb = args.Length > 0 && ControlClient.Verbs.Contains(args[0]);
+// The runtime's DOTNET_* variables are the children's, not ours: start again without them (Os/RuntimeKnobs.cs).
+if (!isVerb) RuntimeKnobs.MoveAsideAndReexec(args);
 using var signals = isVerb ? null : SupervisorSignals.Install();
 
 // Mono.Posix's native half ships beside the binary (Native AOT does not embed it); without it nothing below works.

@@ -307,7 +307,7 @@ internal sealed class SupervisorHost
                 if (_machine.Starting is not { } starting)
                 {
                     if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
-                        request.Reply(finished.Succeeded ? $"OK reload succeeded: {finished.Message}" : $"FAILED {finished.Message}{OutputTailOf(finished.Generation)}");
+                        ReplyWithOutcome([request], finished);
                     else
                         request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
                     return exit;
@@ -327,25 +327,34 @@ internal sealed class SupervisorHost
 
     private void AnswerReloadWaiters(ReloadOutcome outcome)
     {
-        string? reply = null; // built once, and only when someone waits
-        for (var i = _reloadWaiters.Count - 1; i >= 0; i--)
-        {
-            var (minGeneration, request) = _reloadWaiters[i];
-            if (outcome.Generation < minGeneration) continue;
-            reply ??= outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}{OutputTailOf(outcome.Generation)}";
-            request.Reply(reply);
-            _reloadWaiters.RemoveAt(i);
-        }
+        var answered = _reloadWaiters.Where(w => outcome.Generation >= w.MinGeneration).Select(w => w.Request).ToList();
+        _reloadWaiters.RemoveAll(w => outcome.Generation >= w.MinGeneration);
+        if (answered.Count > 0) ReplyWithOutcome(answered, outcome);
     }
 
-    /// <summary>The last lines the failed generation wrote, for `reload --wait`.</summary>
-    private string OutputTailOf(int generation)
+    /// <summary>
+    /// Answers reload requests with an outcome. A failure carries the failed generation's last output; a child
+    /// that just died may still have its last words in its pipes, so that reply waits for them (200 ms at most)
+    /// off the event loop, which never waits on a child.
+    /// </summary>
+    private void ReplyWithOutcome(IReadOnlyList<ControlRequest> requests, ReloadOutcome outcome)
     {
-        if (!_outputTails.TryGetValue(generation, out var tail)) return "";
-        // A child that just died: let its last words arrive. One still alive (being stopped) is not waited for.
-        if (_machine.FindByNumber(generation) is null) tail.WaitForEnd(TimeSpan.FromMilliseconds(200));
-        var text = tail.LastLines(20);
-        return text.Length == 0 ? "\n(generation " + generation + " wrote no output)" : $"\nlast output of generation {generation}:\n{text}";
+        if (outcome.Succeeded || !_outputTails.TryGetValue(outcome.Generation, out var tail))
+        {
+            var reply = outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}\n(generation {outcome.Generation} wrote no output)";
+            foreach (var request in requests) request.Reply(reply);
+            return;
+        }
+        var exited = _machine.FindByNumber(outcome.Generation) is null; // one still alive (being stopped) is not waited for
+        _ = Task.Run(() =>
+        {
+            if (exited) tail.WaitForEnd(TimeSpan.FromMilliseconds(200));
+            var text = tail.LastLines(20);
+            var reply = $"FAILED {outcome.Message}" + (text.Length == 0
+                ? $"\n(generation {outcome.Generation} wrote no output)"
+                : $"\nlast output of generation {outcome.Generation}:\n{text}");
+            foreach (var request in requests) request.Reply(reply);
+        });
     }
 
     /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>
@@ -553,6 +562,10 @@ internal sealed class SupervisorHost
             if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
             environment.Add($"{key}={entry.Value}");
         }
+        // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
+        var knobs = RuntimeKnobs.ForChildren();
+        foreach (var (key, value) in knobs)
+            if (!owned.Contains(key)) environment.Add($"{key}={value}");
         if (_settings.User is { } user)
             environment.AddRange([$"HOME={user.Home}", $"USER={user.Name}", $"LOGNAME={user.Name}"]);
         if (_listeners.Count > 0)
@@ -564,7 +577,10 @@ internal sealed class SupervisorHost
         environment.Add("GSUPERVISOR_HANDOFF=" + _handoff.Path);
         environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
         if (_dotnetHook is { } hook)
-            environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(Environment.GetEnvironmentVariable(StartupHooks.Variable), hook));
+        {
+            var hooks = knobs.FirstOrDefault(k => k.Key == StartupHooks.Variable).Value ?? Environment.GetEnvironmentVariable(StartupHooks.Variable);
+            environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(hooks, hook));
+        }
         return environment;
     }
 

@@ -106,12 +106,7 @@ internal sealed class ControlServer
                 continue;
             }
             var request = new ControlRequest(fd);
-            if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) || !PeerRule.Trusted(uid, ourUid))
-            {
-                onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
-                request.Reply("ERR permission denied: only the daemon's user or root may control it");
-                continue;
-            }
+            var trusted = Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) && PeerRule.Trusted(uid, ourUid);
             // One thread reads every request: a peer that sends nothing holds it for one second at most; and the
             // loop's reply waits at most one second for a peer that does not read it.
             var timeout = new Timeval { tv_sec = 1 };
@@ -126,6 +121,14 @@ internal sealed class ControlServer
                 if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue; // interrupted: read again
                 if (n <= 0) break; // end of input, or the one-second timeout (EAGAIN): a request that did not come
                 filled += (int)n;
+            }
+            // A refused peer's request is read all the same: closing with it unread would reset the connection,
+            // and the peer would never see why.
+            if (!trusted)
+            {
+                onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
+                request.Reply("ERR permission denied: only the daemon's user or root may control it");
+                continue;
             }
             var newline = Array.IndexOf(buffer, (byte)'\n', 0, filled);
             if (newline < 0)

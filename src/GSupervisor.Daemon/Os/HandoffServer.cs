@@ -45,7 +45,7 @@ internal sealed class HandoffServer
             }
             if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _))
             {
-                onError($"cannot read the credentials of a handoff peer: {ErrorNumbers.Describe(Libc.LastErrno)}");
+                onError($"cannot read the credentials of a handoff peer: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
                 Syscall.close(fd);
                 continue;
             }

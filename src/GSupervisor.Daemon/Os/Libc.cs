@@ -145,10 +145,11 @@ internal static unsafe partial class Libc
     /// <summary>The fd of the <paramref name="index"/>th event that epoll_wait returned (see EpollAdd).</summary>
     public static int EpollEventFd(byte* events, int index) => (int)*(long*)(events + index * EpollEventBytes + EpollDataOffset);
 
+    [LibraryImport(Lib, EntryPoint = "execve", SetLastError = true)]
+    public static partial int execve(byte* path, byte** argv, byte** envp);
+
     [LibraryImport(Lib, EntryPoint = "isatty")]
     public static partial int isatty(int fd);
-
-    public static int LastErrno => Marshal.GetLastPInvokeError();
 
     /// <summary>Peer credentials of a connected Unix socket (SO_PEERCRED).</summary>
     public static bool TryGetPeerCredentials(int fd, out int pid, out int uid, out int gid)

@@ -35,7 +35,7 @@ internal static class Listeners
             for (var i = 0; i < bound.Count; i++)
             {
                 var moved = Libc.fcntl(bound[i].Fd, Libc.F_DUPFD_CLOEXEC, 3 + bound.Count + 16);
-                if (moved < 0) throw new StartupException(ExitCodes.OsError, $"cannot move listener fd: {ErrorNumbers.Describe(Libc.LastErrno)}");
+                if (moved < 0) throw new StartupException(ExitCodes.OsError, $"cannot move listener fd: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
                 Syscall.close(bound[i].Fd);
                 bound[i] = bound[i] with { Fd = moved };
             }

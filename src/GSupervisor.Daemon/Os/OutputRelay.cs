@@ -108,7 +108,7 @@ internal sealed class OutputRelay
     {
         var fds = new int[2];
         if (Libc.pipe2(fds, Libc.O_CLOEXEC) != 0)
-            throw new SpawnException(Libc.LastErrno, $"cannot create an output pipe: {ErrorNumbers.Describe(Libc.LastErrno)}");
+            throw new SpawnException(ErrorNumbers.Last, $"cannot create an output pipe: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
         return (fds[0], fds[1]);
     }
 
@@ -125,7 +125,7 @@ internal sealed class OutputRelay
         {
             _targetFd = targetFd;
             _epoll = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
-            if (_epoll < 0) throw new StartupException(ExitCodes.OsError, $"epoll_create1: {ErrorNumbers.Describe(Libc.LastErrno)}");
+            if (_epoll < 0) throw new StartupException(ExitCodes.OsError, $"epoll_create1: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
             new Thread(Loop) { IsBackground = true, Name = threadName }.Start();
         }
 
@@ -134,7 +134,7 @@ internal sealed class OutputRelay
             lock (_lock) _sources[readFd] = tail;
             if (Libc.EpollAdd(_epoll, readFd) != 0)
             {
-                var errno = Libc.LastErrno;
+                var errno = ErrorNumbers.Last;
                 lock (_lock) _sources.Remove(readFd);
                 Syscall.close(readFd);
                 tail.PipeClosed();
@@ -151,8 +151,8 @@ internal sealed class OutputRelay
                 var ready = Libc.epoll_wait(_epoll, events, MaxEvents, -1);
                 if (ready < 0)
                 {
-                    if (Libc.LastErrno == ErrorNumbers.EINTR) continue;
-                    Libc.WriteLine(2, $"gsupervisor: output relay stopped: epoll_wait: {ErrorNumbers.Describe(Libc.LastErrno)}");
+                    if (ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
+                    Libc.WriteLine(2, $"gsupervisor: output relay stopped: epoll_wait: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
                     return;
                 }
                 for (var i = 0; i < ready; i++)
@@ -171,6 +171,7 @@ internal sealed class OutputRelay
                 while ((n = Syscall.read(readFd, p, (ulong)buffer.Length)) < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR)
                 {
                 }
+            if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EAGAIN) return; // nothing after all (a spurious wake-up): epoll says when
             if (n <= 0)
             {
                 // End of file (or a broken pipe): the generation and its descendants are done with it.

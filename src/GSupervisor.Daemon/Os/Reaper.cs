@@ -60,7 +60,7 @@ internal sealed unsafe partial class Reaper(Action<int, ExitStatus> onExit, Acti
                 _reaped.Wait();
                 continue;
             }
-            var errno = Marshal.GetLastPInvokeError();
+            var errno = ErrorNumbers.Last;
             if (errno == ErrorNumbers.EINTR) continue;
             if (errno != ErrorNumbers.ECHILD) onError($"waitid failed: {ErrorNumbers.Describe(errno)}");
             _childStarted.Wait();

@@ -65,11 +65,11 @@ internal sealed unsafe class Spawner : IDisposable
             throw new StartupException(ExitCodes.OsFile, "/proc is not mounted; gsupervisor needs it to start children (mount proc on /proc)");
         var fd = Libc.open(path, Libc.O_RDONLY | Libc.O_CLOEXEC);
         if (fd < 0)
-            throw new StartupException(ExitCodes.OsFile, $"cannot open {path}: {ErrorNumbers.Describe(Libc.LastErrno)}; it ships beside the gsupervisor binary: reinstall gsupervisor");
+            throw new StartupException(ExitCodes.OsFile, $"cannot open {path}: {ErrorNumbers.Describe(ErrorNumbers.Last)}; it ships beside the gsupervisor binary: reinstall gsupervisor");
         var moved = Libc.fcntl(fd, Libc.F_DUPFD_CLOEXEC, reservedBelow);
         Libc.close(fd);
         if (moved < 0)
-            throw new StartupException(ExitCodes.OsError, $"cannot move the exec helper's fd: {ErrorNumbers.Describe(Libc.LastErrno)}");
+            throw new StartupException(ExitCodes.OsError, $"cannot move the exec helper's fd: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
         return new Spawner(path, moved);
     }
 

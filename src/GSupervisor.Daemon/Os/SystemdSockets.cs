@@ -48,7 +48,7 @@ internal static class SystemdSockets
                 throw new StartupException(ExitCodes.Usage,
                     $"--listen {spec}: fd {p.Fd} ('{p.Name}') from systemd is not a listening stream socket; use ListenStream= in the .socket unit");
             var moved = Libc.fcntl(p.Fd, Libc.F_DUPFD_CLOEXEC, 3);
-            if (moved < 0) throw new StartupException(ExitCodes.OsError, $"cannot take over fd {p.Fd} from systemd: {ErrorNumbers.Describe(Libc.LastErrno)}");
+            if (moved < 0) throw new StartupException(ExitCodes.OsError, $"cannot take over fd {p.Fd} from systemd: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
             var adopted = spec with { Name = spec.Name ?? (p.Name == "unknown" ? null : p.Name) };
             yield return new BoundListener(adopted, moved, Describe(moved), null, 0);
         }

@@ -126,4 +126,23 @@ public class HardeningTests
         supervisor.WaitForReady(1);
         Assert.That(File.GetUnixFileMode(socket) & (UnixFileMode)0x1FF, Is.EqualTo((UnixFileMode)Convert.ToInt32("640", 8)));
     }
+
+    [Test]
+    public void The_runtimes_variables_reach_the_children_but_not_the_supervisor()
+    {
+        // A unit that sets DOTNET_gcServer=1 for its app used to give the supervisor a server GC as well.
+        using var supervisor = SupervisorProcess.Start(["--ready", "delay:100ms", "--", "/bin/sleep", "600"],
+            environment: new Dictionary<string, string> { ["DOTNET_gcServer"] = "1", ["COMPlus_GCHeapHardLimit"] = "0x10000000", ["APP_SETTING"] = "kept" });
+        var childPid = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        var own = Native.Environ(supervisor.Pid);
+        Assert.That(own.Keys.Where(k => k.StartsWith("DOTNET_", StringComparison.Ordinal) || k.StartsWith("COMPlus_", StringComparison.Ordinal)), Is.Empty,
+            "the supervisor runs without them");
+        Assert.That(own["APP_SETTING"], Is.EqualTo("kept"));
+        var child = Native.Environ(childPid);
+        Assert.That(child["DOTNET_gcServer"], Is.EqualTo("1"));
+        Assert.That(child["COMPlus_GCHeapHardLimit"], Is.EqualTo("0x10000000"));
+        Assert.That(child["APP_SETTING"], Is.EqualTo("kept"));
+        Assert.That(child.ContainsKey("GSUPERVISOR_CHILD_DOTNET"), Is.False);
+    }
 }

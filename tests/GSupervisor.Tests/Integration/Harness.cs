@@ -380,7 +380,9 @@ internal sealed partial class SupervisorProcess : IDisposable
 /// <summary>Runs a short gsupervisor command (a verb) to completion.</summary>
 internal static class Verb
 {
-    public static (int Code, string Stdout, string Stderr) Run(IEnumerable<string> arguments, string? asUser = null)
+    /// <param name="asUser">Run as this uid (through setpriv; needs root).</param>
+    /// <param name="overridingFileModes">With asUser: keep CAP_DAC_OVERRIDE, so file modes do not stop it and only the daemon's own checks can.</param>
+    public static (int Code, string Stdout, string Stderr) Run(IEnumerable<string> arguments, string? asUser = null, bool overridingFileModes = false)
     {
         var info = new ProcessStartInfo(asUser is null ? Paths.Supervisor : "/usr/bin/setpriv")
         {
@@ -390,7 +392,9 @@ internal static class Verb
         };
         if (asUser is not null)
         {
-            foreach (var a in new[] { $"--reuid={asUser}", $"--regid={asUser}", "--clear-groups", Paths.Supervisor }) info.ArgumentList.Add(a);
+            string[] caps = overridingFileModes ? ["--inh-caps=+dac_override", "--ambient-caps=+dac_override"] : [];
+            string[] prefix = [$"--reuid={asUser}", $"--regid={asUser}", "--clear-groups", .. caps, Paths.Supervisor];
+            foreach (var a in prefix) info.ArgumentList.Add(a);
             info.Environment["HOME"] = "/tmp";
         }
         foreach (var a in arguments) info.ArgumentList.Add(a);

@@ -55,6 +55,18 @@ public class InjectionTests
     }
 
     [Test]
+    public void Without_any_listen_a_web_app_still_reports_ready_and_drains()
+    {
+        // It binds its own URL (port 0 here, so two generations can overlap); READY=1 and the drain still come.
+        using var supervisor = SupervisorProcess.Start(["--ready-timeout", "30s", "--", Paths.StockWebApp],
+            environment: new Dictionary<string, string> { ["ASPNETCORE_URLS"] = "http://127.0.0.1:0" });
+        supervisor.WaitForLine(@"generation 1 \(pid \d+\) is ready \(READY=1 via handoff socket", TimeSpan.FromSeconds(60));
+        supervisor.WaitForLine(@"gsupervisor handed over no sockets \(no --listen\), so the app listens on its own URLs");
+        Assert.That(Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath]).Code, Is.EqualTo(0));
+        supervisor.WaitForLine("draining for 00:00:02");
+    }
+
+    [Test]
     public void Console_app_is_left_as_it_is()
     {
         var injected = RunConsoleApp([]);

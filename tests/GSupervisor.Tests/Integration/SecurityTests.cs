@@ -6,6 +6,7 @@
 
 using System.Diagnostics;
 using System.Net.Sockets;
+using System.Text;
 
 namespace GSupervisor.Tests.Integration;
 
@@ -29,7 +30,12 @@ public class SecurityTests
         var childPid = supervisor.WaitForGenerationPid(1);
         supervisor.WaitForReady(1);
 
+        // What the supervisor was started with: its environment, plus the runtime's DOTNET_* variables it moved
+        // aside for its children when it started again without them (Os/RuntimeKnobs.cs).
         var parent = Native.Environ(supervisor.Pid);
+        if (parent.Remove("GSUPERVISOR_CHILD_DOTNET", out var carried))
+            foreach (var entry in Encoding.UTF8.GetString(Convert.FromBase64String(carried)).Split('\0').Select(e => e.Split('=', 2)))
+                parent[entry[0]] = entry[1];
         var child = Native.Environ(childPid);
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
         string[] documented = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GSUPERVISOR_HANDOFF", "GSUPERVISOR_PID", "GSUPERVISOR_GENERATION",
@@ -61,15 +67,31 @@ public class SecurityTests
         Assert.That(File.GetUnixFileMode(notify) & (UnixFileMode)0x1FF, Is.EqualTo((UnixFileMode)0x180), "notify socket 0600");
         Assert.That(File.GetUnixFileMode(supervisor.ControlPath) & (UnixFileMode)0x1FF, Is.EqualTo((UnixFileMode)0x180), "control socket 0600");
 
-        if (Native.GetEffectiveUserId() == 0)
+    }
+
+    [Test]
+    public void Another_user_is_stopped_by_the_file_modes_and_again_by_the_daemons_own_credential_check()
+    {
+        Assert.That(Native.GetEffectiveUserId(), Is.EqualTo(0u), "acting as another user needs root (CI runs as root)");
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--", Paths.TestChild, "--listeners", "handoff", "--ready", "handoff"]);
+        supervisor.WaitForReady(1);
+        var handoff = Native.Environ(supervisor.WaitForGenerationPid(1))["GSUPERVISOR_HANDOFF"];
+
+        // Another user cannot even reach them: connecting as nobody fails with EACCES (exit 77).
+        foreach (var path in new[] { handoff, supervisor.ControlPath })
         {
-            // Another user cannot even reach them: connecting as nobody fails with EACCES (exit 77).
-            foreach (var path in new[] { handoff, supervisor.ControlPath })
-            {
-                var (code, _, stderr) = Verb.Run(["status", "--control", path], asUser: "65534");
-                Assert.That(code, Is.EqualTo(77), $"{path}: {stderr}");
-            }
+            var (code, _, stderr) = Verb.Run(["status", "--control", path], asUser: "65534");
+            Assert.That(code, Is.EqualTo(77), $"{path}: {stderr}");
         }
+        Assert.That(supervisor.Output, Does.Not.Contain("refused a"), "the file modes stopped them before the daemon saw them");
+
+        // With the file modes out of the way (CAP_DAC_OVERRIDE), the daemon's SO_PEERCRED check refuses them itself.
+        var (controlCode, _, controlError) = Verb.Run(["status", "--control", supervisor.ControlPath], asUser: "65534", overridingFileModes: true);
+        Assert.That(controlCode, Is.EqualTo(77), controlError);
+        Assert.That(controlError, Does.Contain("only the daemon's user or root may control it"));
+        supervisor.WaitForLine(@"refused a control connection from pid \d+ uid 65534");
+        Verb.Run(["status", "--control", handoff], asUser: "65534", overridingFileModes: true);
+        supervisor.WaitForLine(@"refused a handoff connection from pid \d+: uid 65534 is not the children's uid 0");
     }
 
     [Test]
