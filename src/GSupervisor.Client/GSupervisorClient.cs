@@ -132,7 +132,7 @@ public sealed class GSupervisorClient : IDisposable
         lock (ProcessClientLock)
         {
             if (s_processClient is { _disposed: false } existing) return existing;
-            var client = Connect(ReadEnvironment(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
+            var client = Connect(ProcessEnvironment.Read(), Environment.ProcessId, options ?? new GSupervisorClientOptions());
             // As sd_listen_fds(unset_environment=1): the fds are taken, so no one else (Kestrel's UseSystemd(), the
             // app's own children) may adopt fds 3.. again.
             if (client.Source != ListenerSource.None)
@@ -302,14 +302,6 @@ public sealed class GSupervisorClient : IDisposable
     {
         if (!environment.TryGetValue("LISTEN_PID", out var pid) || pid != processId.ToString(CultureInfo.InvariantCulture)) return 0;
         return environment.TryGetValue("LISTEN_FDS", out var fds) && int.TryParse(fds, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
-    }
-
-    private static Dictionary<string, string> ReadEnvironment()
-    {
-        var result = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
-            result[(string)e.Key] = (string?)e.Value ?? "";
-        return result;
     }
 
     /// <summary>Closes the handoff connection. The listener sockets belong to the app and are left open.</summary>

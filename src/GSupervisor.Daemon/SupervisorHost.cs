@@ -556,11 +556,10 @@ internal sealed class SupervisorHost
         // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
         string[] account = _settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
         var environment = new List<string>();
-        foreach (System.Collections.DictionaryEntry entry in Environment.GetEnvironmentVariables())
+        foreach (var (key, value) in ProcessEnvironment.Read())
         {
-            var key = (string)entry.Key;
             if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
-            environment.Add($"{key}={entry.Value}");
+            environment.Add($"{key}={value}");
         }
         // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
         var knobs = RuntimeKnobs.ForChildren();

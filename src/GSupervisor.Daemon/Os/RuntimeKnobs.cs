@@ -8,6 +8,7 @@
 // exec fails, it runs with them, as before.
 
 using System.Text;
+using GSupervisor.Core;
 
 namespace GSupervisor.Daemon.Os;
 
@@ -21,14 +22,12 @@ internal static unsafe class RuntimeKnobs
     /// <summary>Re-executes the supervisor without the runtime's variables when any is set; returns when none is (or the exec failed).</summary>
     public static void MoveAsideAndReexec(string[] args)
     {
-        var environment = Environment.GetEnvironmentVariables();
         var knobs = new List<string>();
         var kept = new List<string>();
-        foreach (System.Collections.DictionaryEntry entry in environment)
+        foreach (var (key, value) in ProcessEnvironment.Read())
         {
-            var key = (string)entry.Key;
             if (key == Carrier) continue; // a stale one is not ours
-            (IsKnob(key) ? knobs : kept).Add($"{key}={entry.Value}");
+            (IsKnob(key) ? knobs : kept).Add($"{key}={value}");
         }
         if (knobs.Count == 0) return;
         kept.Add(Carrier + "=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(string.Join('\0', knobs))));
