@@ -36,11 +36,98 @@ public sealed class SupervisorStateMachine
     private static readonly TimeSpan KillGrace = TimeSpan.FromSeconds(5);
 
     public SupervisorStateMachine(SupervisorPolicy policy, TimeProvider time)
+        : this(policy, time, time.GetTimestamp())
+    {
+    }
+
+    private SupervisorStateMachine(SupervisorPolicy policy, TimeProvider time, long origin)
     {
         _policy = policy;
         _time = time;
-        _origin = time.GetTimestamp();
+        _origin = origin;
     }
+
+    /// <summary>When the machine was created, in microseconds of the TimeProvider's (monotonic) clock.</summary>
+    public long OriginMonotonicMicroseconds => ToMicroseconds(_origin);
+
+    /// <summary>The machine as data (see MachineSnapshot.cs), to be carried across an in-place upgrade.</summary>
+    public MachineSnapshot Export() => new()
+    {
+        OriginMonotonicUs = OriginMonotonicMicroseconds,
+        Phase = Phase.ToString(),
+        LastNumber = _lastNumber,
+        PendingReload = _pendingReload,
+        RestartAtUs = Us(_restartAt),
+        ConsecutiveFailures = _consecutiveFailures,
+        Restarts = Restarts,
+        ExitCode = _exitCode,
+        KilledAll = _killedAll,
+        LastReload = LastReload is { } r ? new ReloadSnapshot { Generation = r.Generation, Succeeded = r.Succeeded, Message = r.Message, AtUs = Us(r.At) } : null,
+        Generations = _generations.Select(g => new GenerationSnapshot
+        {
+            Number = g.Number, Cause = g.Cause.ToString(), Pid = g.Pid, State = g.State.ToString(),
+            StartedAtUs = Us(g.StartedAt), ReadyAtUs = Us(g.ReadyAt), StopRequestedAtUs = Us(g.StopRequestedAt), DeadlineUs = Us(g.Deadline),
+            Killed = g.Killed, FailedToStart = g.FailedToStart, Status = g.Status, Drain = g.Drain,
+            LeaderExit = g.LeaderExit is { } exit ? ExitStatusSnapshot.From(exit) : null,
+        }).ToList(),
+    };
+
+    /// <summary>A machine that goes on from <paramref name="snapshot"/>: same uptime, generations and deadlines.</summary>
+    /// <exception cref="SnapshotException">A value this version does not know, or broken invariants.</exception>
+    public static SupervisorStateMachine Import(SupervisorPolicy policy, TimeProvider time, MachineSnapshot snapshot)
+    {
+        var origin = (long)((Int128)snapshot.OriginMonotonicUs * time.TimestampFrequency / 1_000_000);
+        var machine = new SupervisorStateMachine(policy, time, origin)
+        {
+            Phase = Parse<SupervisorPhase>(snapshot.Phase, "phase"),
+            Restarts = snapshot.Restarts,
+        };
+        machine._lastNumber = snapshot.LastNumber;
+        machine._pendingReload = snapshot.PendingReload;
+        machine._restartAt = Span(snapshot.RestartAtUs);
+        machine._consecutiveFailures = snapshot.ConsecutiveFailures;
+        machine._exitCode = snapshot.ExitCode;
+        machine._killedAll = snapshot.KilledAll;
+        if (snapshot.LastReload is { } r)
+            machine.LastReload = new ReloadOutcome(r.Generation, r.Succeeded, r.Message, TimeSpan.FromMicroseconds(r.AtUs));
+        foreach (var s in snapshot.Generations)
+        {
+            if (s.Number <= 0 || s.Number > snapshot.LastNumber || machine.FindByNumber(s.Number) is not null)
+                throw new SnapshotException($"generation number {s.Number} is out of place (last number {snapshot.LastNumber})");
+            var g = new Generation(s.Number, Parse<GenerationCause>(s.Cause, "generation cause"), TimeSpan.FromMicroseconds(s.StartedAtUs))
+            {
+                Pid = s.Pid,
+                State = Parse<GenerationState>(s.State, "generation state"),
+                ReadyAt = Span(s.ReadyAtUs),
+                StopRequestedAt = Span(s.StopRequestedAtUs),
+                Deadline = Span(s.DeadlineUs),
+                Killed = s.Killed,
+                FailedToStart = s.FailedToStart,
+                Status = s.Status,
+                Drain = s.Drain,
+                LeaderExit = s.LeaderExit?.ToExitStatus(),
+            };
+            if (g.State == GenerationState.Exited) throw new SnapshotException($"generation {s.Number} is listed but has exited");
+            if (g.State != GenerationState.Starting && g.Pid is null) throw new SnapshotException($"generation {s.Number} is {s.State} without a pid");
+            machine._generations.Add(g);
+        }
+        if (machine._generations.Count(g => g.State == GenerationState.Starting) > 1 || machine._generations.Count(g => g.State == GenerationState.Ready) > 1)
+            throw new SnapshotException("more than one generation starting, or more than one serving");
+        return machine;
+    }
+
+    private long ToMicroseconds(long timestamp) => (long)((Int128)timestamp * 1_000_000 / _time.TimestampFrequency);
+
+    private static long Us(TimeSpan at) => (long)at.TotalMicroseconds;
+
+    private static long? Us(TimeSpan? at) => at is { } t ? Us(t) : null;
+
+    private static TimeSpan? Span(long? us) => us is { } u ? TimeSpan.FromMicroseconds(u) : null;
+
+    private static T Parse<T>(string text, string what) where T : struct, Enum =>
+        Enum.TryParse<T>(text, ignoreCase: false, out var value) && Enum.IsDefined(value) && !int.TryParse(text, out _)
+            ? value
+            : throw new SnapshotException($"unknown {what} '{text}'");
 
     public SupervisorPolicy Policy => _policy;
     public SupervisorPhase Phase { get; private set; } = SupervisorPhase.Starting;

@@ -500,4 +500,75 @@ public class StateMachineTests
         }
         Assert.That(stopSignals, Is.GreaterThan(0), "the sequence stopped serving generations, so the promise was checked");
     }
+    /// <summary>Exports the machine and imports it into a new one on the same clock: what an in-place upgrade does.</summary>
+    private void CarryAcrossUpgrade() =>
+        _machine = SupervisorStateMachine.Import(_machine.Policy, _clock, _machine.Export());
+
+    [Test]
+    public void A_machine_carried_across_an_upgrade_keeps_its_generations_deadlines_and_history()
+    {
+        StartServing(new SupervisorPolicy { StopTimeout = TimeSpan.FromSeconds(30) });
+        On(new ReloadRequested("test"));
+        On(new StatusReported(2, "warming up"));
+        On(new DrainAnnounced(2, "http"));
+        On(new ReadyReported(2, "test"));
+        _clock.Advance(TimeSpan.FromSeconds(10));
+        var before = _machine.Export();
+
+        CarryAcrossUpgrade();
+
+        Assert.That(_machine.Export(), Is.EqualTo(before).Using<MachineSnapshot>(SameSnapshot), "nothing lost or changed");
+        Assert.That(_machine.Now, Is.EqualTo(TimeSpan.FromSeconds(10)), "uptime goes on");
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+        Assert.That(_machine.Serving.Drain, Is.EqualTo("http"));
+        Assert.That(_machine.LastReload!.Succeeded, Is.True);
+        // Generation 1's drain still ends 30 s after its stop signal, not 30 s after the upgrade.
+        Assert.That(Signals(Advance(TimeSpan.FromSeconds(19.9))), Is.Empty);
+        Assert.That(Signals(Advance(TimeSpan.FromSeconds(0.1))).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), 9, WholeProcessGroup: true)));
+        // And the machine goes on as before: a reload, a ready, a stop.
+        On(new ReloadRequested("after the upgrade"));
+        Assert.That(_machine.Starting!.Number, Is.EqualTo(3), "generation numbers go on");
+    }
+
+    [Test]
+    public void A_restart_backoff_and_a_queued_reload_cross_an_upgrade()
+    {
+        StartServing();
+        On(new ChildExited(PidOf(1), ExitStatus.Exited(3)));
+        Assert.That(_machine.RestartAt, Is.EqualTo(TimeSpan.FromMilliseconds(250)));
+        CarryAcrossUpgrade();
+        Assert.That(Advance(TimeSpan.FromMilliseconds(249)).OfType<SpawnGeneration>(), Is.Empty);
+        Assert.That(Advance(TimeSpan.FromMilliseconds(1)).OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(2));
+        On(new ReloadRequested("one"));
+        On(new ReloadRequested("two"));
+        Assert.That(_machine.ReloadPending, Is.True);
+        CarryAcrossUpgrade();
+        Assert.That(_machine.ReloadPending, Is.True);
+        Assert.That(_machine.Restarts, Is.EqualTo(1));
+        On(new ReadyReported(2, "test"));
+        Assert.That(_machine.Starting!.Cause, Is.EqualTo(GenerationCause.Reload), "the queued reload runs");
+    }
+
+    [Test]
+    public void A_snapshot_with_values_this_version_does_not_know_is_refused()
+    {
+        StartServing();
+        var snapshot = _machine.Export();
+        snapshot.Generations[0].State = "Hibernating";
+        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot),
+            Throws.TypeOf<SnapshotException>().With.Message.Contains("unknown generation state 'Hibernating'"));
+        snapshot = _machine.Export();
+        snapshot.Generations.Add(snapshot.Generations[0]);
+        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot), Throws.TypeOf<SnapshotException>());
+        snapshot = _machine.Export();
+        snapshot.Phase = "2";
+        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot), Throws.TypeOf<SnapshotException>(), "numbers are not names");
+    }
+
+    /// <summary>Field by field: the generations' list is compared item by item (a record compares it by reference).</summary>
+    private static bool SameSnapshot(MachineSnapshot a, MachineSnapshot b)
+    {
+        List<GenerationSnapshot> none = [];
+        return a with { Generations = none } == b with { Generations = none } && a.Generations.SequenceEqual(b.Generations);
+    }
 }
