@@ -1,9 +1,10 @@
 // Overview
 // --------
-// The verbs `gsupervisor status | reload | stop`: thin clients of the daemon's control socket. Each sends one
-// request line and prints the reply, from a server of the caller's own user or root only (SO_PEERCRED). Exit
-// codes: 0 done; 1 the reload failed (rolled back); 64 usage; 69 no daemon answers on the socket; 75 timed
-// out waiting; 77 permission denied, or the server is another user's.
+// The verbs `gsupervisor status | reload | upgrade | stop`: thin clients of the daemon's control socket. Each
+// sends one request line and prints the reply, from a server of the caller's own user or root only
+// (SO_PEERCRED). Exit codes: 0 done; 1 the reload failed (rolled back) or the upgrade was refused; 64 usage;
+// 69 no daemon answers on the socket; 75 timed out waiting; 77 permission denied, or the server is another
+// user's. `upgrade --all` and `stop --all` do it for every daemon that runs this binary (Os/RunningSupervisors.cs).
 
 using System.Diagnostics.CodeAnalysis;
 using System.Net.Sockets;
@@ -36,25 +37,46 @@ internal sealed class ReloadOptions : ControlOptions
     public string Timeout { get; set; } = "5m";
 }
 
+[Verb("upgrade", HelpText = "Ask the daemon to re-execute its binary, as it is on disk now, in place: same pid, children untouched. The new binary is checked first; if it fails, the running one goes on.")]
+internal sealed class UpgradeOptions : ControlOptions
+{
+    [Option("wait", HelpText = "Return only when it is done: exit 0 once the new binary serves, 1 with the reason if the upgrade was refused.")]
+    public bool Wait { get; set; }
+
+    [Option("timeout", Default = "2m", HelpText = "With --wait: give up after this long (exit 75).")]
+    public string Timeout { get; set; } = "2m";
+
+    [Option("all", HelpText = "Upgrade every gsupervisor daemon that runs this binary (each one's control socket), waiting for each; what the package does on install.")]
+    public bool All { get; set; }
+}
+
 [Verb("stop", HelpText = "Ask the daemon to stop its children and exit (as SIGTERM).")]
-internal sealed class StopOptions : ControlOptions;
+internal sealed class StopOptions : ControlOptions
+{
+    [Option("all", HelpText = "Stop every gsupervisor daemon that runs this binary and wait until each has exited; what the package does on removal.")]
+    public bool All { get; set; }
+
+    [Option("timeout", Default = "2m", HelpText = "With --all: give up waiting for the daemons to exit after this long (exit 75).")]
+    public string Timeout { get; set; } = "2m";
+}
 
 internal static class ControlClient
 {
     public const int ReloadFailed = 1;
     public const int TimedOut = 75;
 
-    public static readonly string[] Verbs = ["status", "reload", "stop"];
+    public static readonly string[] Verbs = ["status", "reload", "upgrade", "stop"];
 
     // CommandLineParser reads the verbs' attributes and sets their properties by reflection (see the csproj).
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StatusOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ReloadOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(UpgradeOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StopOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ControlOptions))]
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         using var parser = new Parser(s => { s.HelpWriter = null; s.CaseSensitive = true; s.AutoHelp = true; });
-        var parsed = parser.ParseArguments<StatusOptions, ReloadOptions, StopOptions>(args);
+        var parsed = parser.ParseArguments<StatusOptions, ReloadOptions, UpgradeOptions, StopOptions>(args);
         if (parsed is NotParsed<object> notParsed)
         {
             if (notParsed.Errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError))
@@ -76,18 +98,36 @@ internal static class ControlClient
                 request = s.Json ? "status json" : "status";
                 break;
             case ReloadOptions r:
-                if (!Duration.TryParse(r.Timeout, out var wait, out var error))
-                {
-                    stderr.WriteLine($"gsupervisor: --timeout: {error}");
-                    return ExitCodes.Usage;
-                }
+                if (!TryTimeout(r.Timeout, stderr, out var wait)) return ExitCodes.Usage;
                 request = r.Wait ? "reload wait" : "reload";
                 if (r.Wait) timeout = wait;
                 break;
+            case UpgradeOptions u:
+                if (!TryTimeout(u.Timeout, stderr, out var upgradeWait)) return ExitCodes.Usage;
+                if (u.All) return UpgradeAll(u.Control, upgradeWait, stdout, stderr);
+                request = u.Wait ? "upgrade wait" : "upgrade";
+                if (u.Wait) timeout = upgradeWait;
+                break;
+            case StopOptions { All: true } s:
+                return TryTimeout(s.Timeout, stderr, out var stopWait) ? StopAll(s.Control, stopWait, stdout, stderr) : ExitCodes.Usage;
             default:
                 request = "stop";
                 break;
         }
+        return Ask(path, request, timeout, stdout, stderr);
+    }
+
+    private static bool TryTimeout(string text, TextWriter stderr, out TimeSpan timeout)
+    {
+        if (Duration.TryParse(text, out timeout, out var error)) return true;
+        stderr.WriteLine($"gsupervisor: --timeout: {error}");
+        return false;
+    }
+
+    /// <summary>Sends one request and prints the answer; the exit code says how it went (see the overview).</summary>
+    private static int Ask(string path, string request, TimeSpan timeout, TextWriter stdout, TextWriter stderr, string? who = null)
+    {
+        var prefix = who is null ? "gsupervisor: " : $"gsupervisor: {who}: ";
 
         string reply;
         try
@@ -96,47 +136,102 @@ internal static class ControlClient
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock)
         {
-            stderr.WriteLine($"gsupervisor: no answer from {path} within {Duration.Format(timeout)}; the reload may still finish (see gsupervisor status)");
+            stderr.WriteLine($"{prefix}no answer from {path} within {Duration.Format(timeout)}; the {request.Split(' ')[0]} may still finish (see gsupervisor status)");
             return TimedOut;
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.AddressNotAvailable or SocketError.ConnectionRefused or SocketError.AddressFamilyNotSupported)
         {
-            stderr.WriteLine($"gsupervisor: no gsupervisor is running with control socket {path} ({e.Message}); start one, or give --control PATH");
+            stderr.WriteLine($"{prefix}no gsupervisor is running with control socket {path} ({e.Message}); start one, or give --control PATH");
             return ExitCodes.Unavailable;
         }
         catch (UntrustedServerException e)
         {
-            stderr.WriteLine($"gsupervisor: {e.Message}");
+            stderr.WriteLine($"{prefix}{e.Message}");
             return ExitCodes.NoPermission;
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.AccessDenied)
         {
-            stderr.WriteLine($"gsupervisor: permission denied on control socket {path}; run as the daemon's user or root");
+            stderr.WriteLine($"{prefix}permission denied on control socket {path}; run as the daemon's user or root");
             return ExitCodes.NoPermission;
         }
         catch (SocketException e)
         {
-            stderr.WriteLine($"gsupervisor: cannot reach control socket {path}: {e.Message}; is it a gsupervisor control socket?");
+            stderr.WriteLine($"{prefix}cannot reach control socket {path}: {e.Message}; is it a gsupervisor control socket?");
             return ExitCodes.Unavailable;
         }
 
         if (reply.StartsWith("ERR permission", StringComparison.Ordinal))
         {
-            stderr.WriteLine($"gsupervisor: {reply.TrimEnd()["ERR ".Length..]}");
+            stderr.WriteLine($"{prefix}{reply.TrimEnd()["ERR ".Length..]}");
             return ExitCodes.NoPermission;
         }
         if (reply.StartsWith("FAILED ", StringComparison.Ordinal))
         {
-            stderr.Write("gsupervisor: reload failed: " + reply["FAILED ".Length..]);
+            stderr.Write(prefix + (request.StartsWith("reload", StringComparison.Ordinal) ? "reload failed: " : "") + reply["FAILED ".Length..]);
             return ReloadFailed;
         }
         if (reply.StartsWith("ERR ", StringComparison.Ordinal) || reply.Length == 0)
         {
-            stderr.WriteLine($"gsupervisor: {path} did not answer as gsupervisor does ({(reply.Length == 0 ? "empty reply" : reply.TrimEnd())})");
+            stderr.WriteLine($"{prefix}{path} did not answer as gsupervisor does ({(reply.Length == 0 ? "empty reply" : reply.TrimEnd())})");
             return ExitCodes.Unavailable;
         }
-        stdout.Write(reply.StartsWith("OK ", StringComparison.Ordinal) ? reply[3..] : reply);
+        stdout.Write((who is null ? "" : who + ": ") + (reply.StartsWith("OK ", StringComparison.Ordinal) ? reply[3..] : reply));
         return ExitCodes.Ok;
+    }
+
+    /// <summary>`upgrade --all`: every daemon of this binary, one after the other, each waited for.</summary>
+    private static int UpgradeAll(string? control, TimeSpan timeout, TextWriter stdout, TextWriter stderr)
+    {
+        if (control is not null)
+        {
+            stderr.WriteLine("gsupervisor: --all and --control conflict: --all finds each daemon's control socket itself");
+            return ExitCodes.Usage;
+        }
+        var executable = Os.RunningSupervisors.ThisExecutable();
+        var daemons = Os.RunningSupervisors.Of(executable);
+        if (daemons.Count == 0)
+        {
+            stdout.WriteLine($"no running gsupervisor daemon of {executable} to upgrade");
+            return ExitCodes.Ok;
+        }
+        var worst = ExitCodes.Ok;
+        foreach (var daemon in daemons)
+        {
+            var code = Ask(daemon.ControlPath, "upgrade wait", timeout, stdout, stderr, daemon.Label);
+            if (code != ExitCodes.Ok && worst == ExitCodes.Ok) worst = code;
+        }
+        return worst;
+    }
+
+    /// <summary>`stop --all`: asks every daemon of this binary to stop, then waits until all have exited.</summary>
+    private static int StopAll(string? control, TimeSpan timeout, TextWriter stdout, TextWriter stderr)
+    {
+        if (control is not null)
+        {
+            stderr.WriteLine("gsupervisor: --all and --control conflict: --all finds each daemon's control socket itself");
+            return ExitCodes.Usage;
+        }
+        var daemons = Os.RunningSupervisors.Of(Os.RunningSupervisors.ThisExecutable());
+        var worst = ExitCodes.Ok;
+        foreach (var daemon in daemons)
+        {
+            var code = Ask(daemon.ControlPath, "stop", TimeSpan.FromSeconds(10), stdout, stderr, daemon.Label);
+            if (code != ExitCodes.Ok && worst == ExitCodes.Ok) worst = code;
+        }
+        var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        foreach (var daemon in daemons)
+        {
+            while (Os.RunningSupervisors.IsRunning(daemon.Pid))
+            {
+                if (Environment.TickCount64 > deadline)
+                {
+                    stderr.WriteLine($"gsupervisor: {daemon.Label} has not exited within {Duration.Format(timeout)}");
+                    return TimedOut;
+                }
+                Thread.Sleep(50); // no notification for another process's exit: poll, bounded by the deadline above
+            }
+        }
+        return worst;
     }
 
     private static string Exchange(string path, string request, TimeSpan timeout)

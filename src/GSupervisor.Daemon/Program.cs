@@ -1,17 +1,21 @@
 // gsupervisor: parse, bind, start, loop. Reads like a script; the parts live in CommandLine, Os/ and SupervisorHost.
+// Started by an in-place upgrade (Upgrade/), it takes over what the earlier image handed it instead of binding.
 
 using System.Globalization;
 using GSupervisor.Daemon;
 using GSupervisor.Daemon.Os;
+using GSupervisor.Daemon.Upgrade;
 using Serilog;
 using Serilog.Sinks.SystemConsole.Themes;
 
-// In run mode the signal handlers come first, before anything that announces the supervisor (pid file, control
-// socket, READY=1); a signal that arrives before the event loop runs waits for it (Os/SupervisorSignals.cs).
+// In run mode the supervisor's signals are blocked first, before anything that announces the supervisor (pid file,
+// control socket, READY=1); a signal that arrives before the event loop reads it waits for it (Os/SupervisorSignals.cs).
 var isVerb = args.Length > 0 && ControlClient.Verbs.Contains(args[0]);
+// A run of a new binary that an upgrading supervisor makes to check it (Upgrade/UpgradeCheck.cs): binds nothing.
+var isUpgradeCheck = args.Length > 0 && args[0] == UpgradeCheck.Flag;
 // The runtime's DOTNET_* variables are the children's, not ours: start again without them (Os/RuntimeKnobs.cs).
-if (!isVerb) RuntimeKnobs.MoveAsideAndReexec(args);
-using var signals = isVerb ? null : SupervisorSignals.Install();
+if (!isVerb && !isUpgradeCheck) RuntimeKnobs.MoveAsideAndReexec(args);
+using var signals = isVerb || isUpgradeCheck ? null : SupervisorSignals.Install();
 
 // Mono.Posix's native half ships beside the binary (Native AOT does not embed it); without it nothing below works.
 if (!System.Runtime.InteropServices.NativeLibrary.TryLoad("MonoPosixHelper", typeof(Mono.Unix.Native.Syscall).Assembly, null, out _))
@@ -35,6 +39,8 @@ Console.SetError(stderr);
 
 if (isVerb)
     return ControlClient.Run(args, stdout, stderr);
+if (isUpgradeCheck)
+    return UpgradeCheck.Run(args[1..], stdout);
 
 var read = CommandLineReader.Read(args);
 if (read.Settings is not { } settings)
@@ -71,30 +77,75 @@ ControlServer? control = null;
 Spawner? spawner = null;
 try
 {
-    var commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
-    listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
-    spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16);
-    runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
-    control = ControlServer.Bind(settings.ControlPath);
+    // Started by an in-place upgrade: the earlier image's state, from the memfd it left (Upgrade/ExecImage.cs).
+    var carried = ExecImage.TakeState() is { } json ? UpgradeState.FromJson(json) : null;
+    var executable = RunningSupervisors.ThisExecutable(); // what `gsupervisor upgrade` execs, as it is on disk then
+    var gate = new IntakeGate();
+    var output = new OutputRelay(gate);
+    LoopState state;
+    NotifyServer notify;
+    HandoffServer handoff;
+    string commandPath;
+    if (carried is null)
+    {
+        commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
+        listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
+        spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16);
+        runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
+        control = ControlServer.Bind(settings.ControlPath);
+        notify = new NotifyServer(runtimeDirectory.Own("notify"));
+        handoff = new HandoffServer(runtimeDirectory.Own("handoff"));
+        state = new LoopState(new GSupervisor.Core.SupervisorStateMachine(settings.Policy, TimeProvider.System));
+    }
+    else
+    {
+        commandPath = carried.CommandPath;
+        listeners = HandedOver.Listeners(carried);
+        spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16); // this version's exec helper, beside this binary
+        runtimeDirectory = RuntimeDirectory.Adopt(carried.RuntimeDirectory);
+        control = ControlServer.Adopt(settings.ControlPath, carried.ControlFd);
+        notify = new NotifyServer(runtimeDirectory.Own("notify"), carried.NotifyFd);
+        handoff = new HandoffServer(runtimeDirectory.Own("handoff"), carried.HandoffFd);
+        state = HandedOver.LoopState(carried, settings.Policy, output, gate);
+    }
     string? dotnetHook = null;
     if (settings.InjectDotnet)
     {
         dotnetHook = DotnetHook.Locate(settings.User, out var hookProblem);
-        if (hookProblem is not null) logger.Warning("{Problem}", hookProblem);
+        if (hookProblem is not null && carried is null) logger.Warning("{Problem}", hookProblem);
     }
-    var host = new SupervisorHost(settings, commandPath, listeners, spawner, runtimeDirectory, control, dotnetHook, signals!, logger);
+    var parts = new HostParts(settings, args, commandPath, executable, listeners, spawner, runtimeDirectory, control, notify, handoff,
+        output, gate, dotnetHook, signals!, logStream.Drain, logger);
+    var host = new SupervisorHost(parts, state, carried);
 
-    logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
-    for (var i = 0; i < listeners.Count; i++)
-        logger.Information("listening on {Address} (fd {Fd} in the child, name {Name}){PortNote}", listeners[i].Address, 3 + i, listeners[i].Spec.FdName,
-            listeners[i].Spec is { Port: 0, Kind: not GSupervisor.Core.ListenKind.Unix and not GSupervisor.Core.ListenKind.Systemd }
-                ? "; port 0 was given, so the kernel chose this port: it stays the same across reloads, not across restarts of gsupervisor"
-                : "");
-    if (listeners.Count == 0)
-        logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
-    if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
+    if (carried is null)
+    {
+        logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
+        for (var i = 0; i < listeners.Count; i++)
+            logger.Information("listening on {Address} (fd {Fd} in the child, name {Name}){PortNote}", listeners[i].Address, 3 + i, listeners[i].Spec.FdName,
+                listeners[i].Spec is { Port: 0, Kind: not GSupervisor.Core.ListenKind.Unix and not GSupervisor.Core.ListenKind.Systemd }
+                    ? "; port 0 was given, so the kernel chose this port: it stays the same across reloads, not across restarts of gsupervisor"
+                    : "");
+        if (listeners.Count == 0)
+            logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
+        if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
+    }
+    else
+    {
+        logger.Information("gsupervisor {Version} (pid {Pid}) took over in place from gsupervisor {From}: {Listeners} listeners, supervising {Command}",
+            CommandLineReader.Version, Environment.ProcessId, carried.WrittenBy, listeners.Count, string.Join(' ', settings.Command));
+    }
+    if (!signals!.AllThreadsBlock)
+        logger.Debug("not every thread blocks the supervisor's signals; a signal that comes during an upgrade's exec may be lost");
 
     return host.Run();
+}
+catch (UpgradeStateException e)
+{
+    // Only a check that passed leads here, so this is a bug: say so loudly. The children get their stop signal
+    // from the kernel (parent-death signal) once this process is gone.
+    logger.Fatal("cannot take over from the earlier image: {Problem}; exiting", e.Message);
+    return ExitCodes.Software;
 }
 catch (StartupException e)
 {
@@ -112,6 +163,7 @@ finally
 {
     try
     {
+        // Only an exit gets here: a successful upgrade's exec never returns.
         if (listeners is not null) Listeners.CloseAll(listeners);
         spawner?.Dispose();
         runtimeDirectory?.Dispose();
@@ -123,3 +175,4 @@ finally
         logStream.Drain(TimeSpan.FromSeconds(2));
     }
 }
+

@@ -9,11 +9,19 @@ namespace GSupervisor.Daemon;
 /// <summary>What `gsupervisor status` prints: text for people, JSON for tools.</summary>
 internal static class StatusReport
 {
-    public static string Text(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings)
+    /// <summary>Which binary runs, and how often it was upgraded in place.</summary>
+    public sealed record Identity(string Executable, int Upgrades, UpgradeOutcome? LastUpgrade);
+
+    public static string Text(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
     {
         var now = machine.Now;
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"gsupervisor {CommandLineReader.Version}, pid {Environment.ProcessId}, up {Duration.Format(now)}, {machine.Phase.ToString().ToLowerInvariant()}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"executable: {identity.Executable}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"upgrades: {identity.Upgrades}");
+        if (identity.LastUpgrade is { } u)
+            sb.Append(CultureInfo.InvariantCulture, $"; last {(u.Succeeded ? "" : "refused ")}{Duration.Format(now - u.At)} ago: {u.Message}");
+        sb.Append('\n');
         sb.Append("serving: ").Append(machine.Serving is { } s ? $"generation {s.Number} (pid {s.Pid}) for {Duration.Format(now - s.ReadyAt!.Value)}" : "nothing").Append('\n');
         sb.Append("generations:\n");
         foreach (var g in machine.Generations)
@@ -35,7 +43,7 @@ internal static class StatusReport
         return sb.ToString();
     }
 
-    public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings)
+    public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
     {
         var now = machine.Now;
         using var stream = new MemoryStream();
@@ -46,6 +54,21 @@ internal static class StatusReport
             w.WriteNumber("pid", Environment.ProcessId);
             w.WriteNumber("uptimeSeconds", Math.Round(now.TotalSeconds, 3));
             w.WriteString("phase", machine.Phase.ToString().ToLowerInvariant());
+            w.WriteString("executable", identity.Executable);
+            w.WriteNumber("upgrades", identity.Upgrades);
+            if (identity.LastUpgrade is { } u)
+            {
+                w.WriteStartObject("lastUpgrade");
+                w.WriteBoolean("succeeded", u.Succeeded);
+                w.WriteString("message", u.Message);
+                if (u.Took is { } took) w.WriteNumber("tookSeconds", Math.Round(took.TotalSeconds, 4)); else w.WriteNull("tookSeconds");
+                w.WriteNumber("secondsAgo", Math.Round((now - u.At).TotalSeconds, 3));
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("lastUpgrade");
+            }
             if (machine.Serving is { } s)
             {
                 w.WriteStartObject("serving");

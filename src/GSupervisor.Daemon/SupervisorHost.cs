@@ -11,66 +11,62 @@
 // connections and handoff lines pass a gate of UntrustedInFlight places, and the thread that read them waits
 // for a place. The kernel's socket buffers then fill and the senders wait (or get EAGAIN), as under systemd.
 // Signals, child exits and control requests never wait at the gate.
+//
+// The loop's state lives in one object, LoopState, so that an in-place upgrade (SupervisorHost.Upgrade.cs) can
+// carry all of it to the new image; the control protocol is in SupervisorHost.Control.cs.
 
 using System.Collections.Concurrent;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using GSupervisor.Core;
 using GSupervisor.Daemon.Os;
+using GSupervisor.Daemon.Upgrade;
 using Mono.Unix.Native;
 using Serilog;
 using Serilog.Events;
 
 namespace GSupervisor.Daemon;
 
-internal sealed class SupervisorHost
+/// <summary>What a host is made of: the settings, the OS objects it runs on, and how it logs.</summary>
+internal sealed record HostParts(
+    RunSettings Settings,
+    IReadOnlyList<string> Arguments,
+    string CommandPath,
+    string Executable,
+    IReadOnlyList<BoundListener> Listeners,
+    Spawner Spawner,
+    RuntimeDirectory RuntimeDirectory,
+    ControlServer Control,
+    NotifyServer Notify,
+    HandoffServer Handoff,
+    OutputRelay Output,
+    IntakeGate Gate,
+    string? DotnetHook,
+    SupervisorSignals Signals,
+    Action<TimeSpan> FlushLog,
+    ILogger Log);
+
+internal sealed partial class SupervisorHost
 {
     private const int MaxHandoffConnectionsPerGeneration = 16;
     private const int UntrustedInFlight = 128;
+    private const int OutputTailsKept = 4;
 
-    private abstract record LoopEvent
-    {
-        public sealed record Machine(SupervisorEvent Event) : LoopEvent;
-        public sealed record ChildExited(int Pid, ExitStatus Status) : LoopEvent;
-        public sealed record Notify(ReceivedDatagram Datagram) : LoopEvent;
-        public sealed record HandoffConnected(HandoffConnection Connection) : LoopEvent;
-        public sealed record HandoffLine(int Generation, HandoffConnection Connection, byte[] Line) : LoopEvent;
-        public sealed record HandoffClosed(int Generation, HandoffConnection Connection) : LoopEvent;
-        public sealed record Error(string Message) : LoopEvent;
-        /// <summary>Something a child or another user did that was refused: logged at a capped rate.</summary>
-        public sealed record Refusal(string Message) : LoopEvent;
-        public sealed record WatchdogDue : LoopEvent;
-        public sealed record Control(ControlRequest Request) : LoopEvent;
-    }
-
+    private readonly HostParts _parts;
     private readonly RunSettings _settings;
-    private readonly string _commandPath;
     private readonly IReadOnlyList<BoundListener> _listeners;
-    private readonly Spawner _spawner;
-    private readonly RuntimeDirectory _runtimeDirectory;
     private readonly ILogger _log;
+    private readonly LoopState _state;
+    private readonly SupervisorStateMachine _machine;
     private readonly BlockingCollection<LoopEvent> _queue = new();
     private readonly SemaphoreSlim _untrustedGate = new(UntrustedInFlight, UntrustedInFlight);
-    private readonly SupervisorStateMachine _machine;
     private readonly Reaper _reaper;
-    private readonly NotifyServer _notify;
-    private readonly HandoffServer _handoff;
-    private readonly Dictionary<int, List<HandoffConnection>> _connections = [];
     private readonly List<string> _baseEnvironment;
     private readonly uint _expectedUid;
-    private readonly SupervisorSignals _signals;
     private readonly SystemdNotifier? _systemd;
-    private readonly ControlServer _control;
-    private readonly List<(int MinGeneration, ControlRequest Request)> _reloadWaiters = [];
-    private readonly OutputRelay _output = new();
-    private readonly Dictionary<int, OutputTail> _outputTails = [];
-    private const int OutputTailsKept = 4;
+    /// <summary>The state an earlier image handed over, when this one was started by an in-place upgrade.</summary>
+    private readonly UpgradeState? _carried;
     private Timer? _watchdog;
-    /// <summary>gsupervisor's .NET startup hook, named in the children's DOTNET_STARTUP_HOOKS; null with --no-inject.</summary>
-    private readonly string? _dotnetHook;
-    /// <summary>Whether the line about a generation without a drain was logged (once per supervisor).</summary>
-    private bool _saidNoDrain;
-    private int _interrupts;
     private static readonly TimeSpan RefusalWindow = TimeSpan.FromMinutes(1);
     private const int RefusalsPerWindow = 20;
     private TimeSpan _refusalWindowStart = TimeSpan.MinValue / 2;
@@ -78,26 +74,22 @@ internal sealed class SupervisorHost
     private long _refusalsSuppressed;
     private long _refusalsDroppedAtGate;
 
-    public SupervisorHost(RunSettings settings, string commandPath, IReadOnlyList<BoundListener> listeners, Spawner spawner,
-        RuntimeDirectory runtimeDirectory, ControlServer control, string? dotnetHook, SupervisorSignals signals, ILogger log)
+    /// <param name="carried">The state of an earlier image (in-place upgrade), which <paramref name="state"/> was restored from.</param>
+    public SupervisorHost(HostParts parts, LoopState state, UpgradeState? carried = null)
     {
-        _dotnetHook = dotnetHook;
-        _signals = signals;
-        _spawner = spawner;
-        _control = control;
-        _settings = settings;
-        _commandPath = commandPath;
-        _listeners = listeners;
-        _runtimeDirectory = runtimeDirectory;
-        _log = log;
-        _machine = new SupervisorStateMachine(settings.Policy, TimeProvider.System);
+        _parts = parts;
+        _settings = parts.Settings;
+        _listeners = parts.Listeners;
+        _log = parts.Log;
+        _state = state;
+        _machine = state.Machine;
+        _carried = carried;
         _reaper = new Reaper((pid, status) => Post(new LoopEvent.ChildExited(pid, status)),
             message => Post(new LoopEvent.Error(message)));
-        _notify = new NotifyServer(runtimeDirectory.Own("notify"));
-        _handoff = new HandoffServer(runtimeDirectory.Own("handoff"));
-        _expectedUid = settings.User?.Uid ?? Syscall.geteuid();
-        if (settings.User is { } user) runtimeDirectory.GrantTo(user.Uid, user.Gid, [_notify.Path, _handoff.Path]);
-        _baseEnvironment = BuildBaseEnvironment();
+        _expectedUid = _settings.User?.Uid ?? Syscall.geteuid();
+        if (_settings.User is { } user && carried is null)
+            parts.RuntimeDirectory.GrantTo(user.Uid, user.Gid, [parts.Notify.Path, parts.Handoff.Path]);
+        _baseEnvironment = ChildEnvironment.Build(_settings, _listeners, parts.Notify.Path, parts.Handoff.Path, parts.DotnetHook);
         _systemd = SystemdNotifier.FromEnvironment(message => _log.Warning("{Message}", message));
     }
 
@@ -123,14 +115,17 @@ internal sealed class SupervisorHost
     public int Run()
     {
         _reaper.Start();
-        _notify.Start(d => PostUntrusted(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)));
-        _handoff.Start(c => PostUntrusted(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)));
-        _signals.DeliverTo(OnSignal);
-        _control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting);
+        var gate = _parts.Gate;
+        _parts.Notify.Start(d => PostUntrusted(new LoopEvent.Notify(d)), m => Post(new LoopEvent.Error(m)), gate);
+        _parts.Handoff.Start(c => PostUntrusted(new LoopEvent.HandoffConnected(c)), m => Post(new LoopEvent.Error(m)), gate);
+        foreach (var (generation, connections) in _state.Connections)
+            foreach (var c in connections) StartReading(generation, c);
+        _parts.Signals.DeliverTo(signal => Post(new LoopEvent.Signal(signal)), gate);
+        _parts.Control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting, gate);
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
-        var exitCode = Execute(_machine.Start());
+        var exitCode = _carried is { } carried ? ResumeAfterUpgrade(carried) : Execute(_machine.Start());
         while (exitCode is null)
         {
             var timeout = Timeout.InfiniteTimeSpan;
@@ -147,9 +142,13 @@ internal sealed class SupervisorHost
             if (_queue.TryTake(out var e, timeout))
                 exitCode = HandleSafely(e);
             exitCode ??= Execute(_machine.Tick());
+            exitCode ??= AdvanceUpgrade();
             ReportSuppressedRefusals();
         }
-        foreach (var (_, request) in _reloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
+        foreach (var (_, request) in _state.ReloadWaiters) request.Reply("FAILED the supervisor exited before the reload finished");
+        foreach (var request in _state.UpgradeWaiters) request.Reply("FAILED the supervisor exited before the upgrade");
+        foreach (var deferred in _state.Deferred)
+            if (deferred is LoopEvent.Control c) c.Request.Reply("FAILED the supervisor has exited");
         while (_queue.TryTake(out var left))
         {
             switch (left)
@@ -164,8 +163,8 @@ internal sealed class SupervisorHost
         return exitCode.Value;
     }
 
-    /// <summary>Turns a signal into an event for the loop (called on the runtime's signal thread, or at once for early ones).</summary>
-    private void OnSignal(int signal)
+    /// <summary>What a signal asks of the state machine.</summary>
+    private int? OnSignal(int signal)
     {
         SupervisorEvent? e = signal switch
         {
@@ -173,16 +172,20 @@ internal sealed class SupervisorHost
             Signals.SIGHUP => new SupervisorEvent.ReloadRequested("SIGHUP"),
             Signals.SIGTERM => new SupervisorEvent.ShutdownRequested("SIGTERM", Interrupt: false),
             Signals.SIGQUIT => new SupervisorEvent.ShutdownRequested("SIGQUIT", Interrupt: false),
-            Signals.SIGINT => new SupervisorEvent.ShutdownRequested(
-                Interlocked.Increment(ref _interrupts) == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true),
+            Signals.SIGINT => new SupervisorEvent.ShutdownRequested(++_state.Interrupts == 1 ? "SIGINT" : "SIGINT (again)", Interrupt: true),
             _ => null,
         };
-        if (e is not null) Post(new LoopEvent.Machine(e));
+        return e is null ? null : Execute(_machine.Handle(e));
     }
 
     /// <summary>A bug in handling one event is logged; the supervisor keeps its children and goes on.</summary>
     private int? HandleSafely(LoopEvent e)
     {
+        if (Defers(e))
+        {
+            _state.Deferred.Add(e); // handled once the upgrade under way is done (SupervisorHost.Upgrade.cs)
+            return null;
+        }
         try
         {
             return Handle(e);
@@ -205,8 +208,13 @@ internal sealed class SupervisorHost
     {
         switch (e)
         {
-            case LoopEvent.Machine m:
-                return Execute(_machine.Handle(m.Event));
+            case LoopEvent.Signal s:
+                return OnSignal(s.Number);
+            case LoopEvent.ChildExited x when _upgrade?.Check is { } check && check.Pid == x.Pid:
+                check.Exit = x.Status;
+                return AdvanceUpgrade();
+            case LoopEvent.UpgradeCheckOutput o:
+                return OnUpgradeCheckOutput(o);
             case LoopEvent.ChildExited x:
             {
                 // A draining generation's leader may exit before the rest of its group (a wrapper that forked its
@@ -226,7 +234,7 @@ internal sealed class SupervisorHost
             case LoopEvent.HandoffLine l:
                 return OnNotifyLine(l.Generation, l.Line, "handoff socket");
             case LoopEvent.HandoffClosed c:
-                if (_connections.TryGetValue(c.Generation, out var list)) list.Remove(c.Connection);
+                if (_state.Connections.TryGetValue(c.Generation, out var list)) list.Remove(c.Connection);
                 return null;
             case LoopEvent.Control c:
                 return OnControl(c.Request);
@@ -261,7 +269,7 @@ internal sealed class SupervisorHost
                     SendSignal(s);
                     break;
                 case SupervisorEffect.GenerationGone g:
-                    if (_connections.Remove(g.Generation, out var connections))
+                    if (_state.Connections.Remove(g.Generation, out var connections))
                         foreach (var c in connections) c.Shutdown();
                     // The leader is still an unreaped zombie here, so its process-group id cannot have been reused.
                     if (g.Pid is { } leader && Syscall.kill(-leader, Signum.SIGKILL) == 0)
@@ -291,72 +299,6 @@ internal sealed class SupervisorHost
         return exit;
     }
 
-    private int? OnControl(ControlRequest request)
-    {
-        switch (request.Line)
-        {
-            case "status":
-                request.Reply("OK " + StatusReport.Text(_machine, _listeners, _settings));
-                return null;
-            case "status json":
-                request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings));
-                return null;
-            case "reload" or "reload wait":
-                var lastBefore = _machine.LastReload;
-                var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
-                if (_machine.Starting is not { } starting)
-                {
-                    if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
-                        ReplyWithOutcome([request], finished);
-                    else
-                        request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
-                    return exit;
-                }
-                var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
-                if (request.Line == "reload") request.Reply($"OK reload started (generation {target})");
-                else _reloadWaiters.Add((target, request));
-                return exit;
-            case "stop":
-                request.Reply("OK stopping");
-                return Execute(_machine.Handle(new SupervisorEvent.ShutdownRequested("gsupervisor stop", Interrupt: false)));
-            default:
-                request.Reply($"ERR unknown request '{request.Line}'");
-                return null;
-        }
-    }
-
-    private void AnswerReloadWaiters(ReloadOutcome outcome)
-    {
-        var answered = _reloadWaiters.Where(w => outcome.Generation >= w.MinGeneration).Select(w => w.Request).ToList();
-        _reloadWaiters.RemoveAll(w => outcome.Generation >= w.MinGeneration);
-        if (answered.Count > 0) ReplyWithOutcome(answered, outcome);
-    }
-
-    /// <summary>
-    /// Answers reload requests with an outcome. A failure carries the failed generation's last output; a child
-    /// that just died may still have its last words in its pipes, so that reply waits for them (200 ms at most)
-    /// off the event loop, which never waits on a child.
-    /// </summary>
-    private void ReplyWithOutcome(IReadOnlyList<ControlRequest> requests, ReloadOutcome outcome)
-    {
-        if (outcome.Succeeded || !_outputTails.TryGetValue(outcome.Generation, out var tail))
-        {
-            var reply = outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}\n(generation {outcome.Generation} wrote no output)";
-            foreach (var request in requests) request.Reply(reply);
-            return;
-        }
-        var exited = _machine.FindByNumber(outcome.Generation) is null; // one still alive (being stopped) is not waited for
-        _ = Task.Run(() =>
-        {
-            if (exited) tail.WaitForEnd(TimeSpan.FromMilliseconds(200));
-            var text = tail.LastLines(20);
-            var reply = $"FAILED {outcome.Message}" + (text.Length == 0
-                ? $"\n(generation {outcome.Generation} wrote no output)"
-                : $"\nlast output of generation {outcome.Generation}:\n{text}");
-            foreach (var request in requests) request.Reply(reply);
-        });
-    }
-
     /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>
     private string StatusLine()
     {
@@ -376,10 +318,10 @@ internal sealed class SupervisorHost
         (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
         try
         {
-            output = _output.Start();
-            _outputTails[generation] = output.Value.Tail;
-            foreach (var old in _outputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _outputTails.Remove(old);
-            var pid = _spawner.Spawn(new SpawnRequest(_commandPath, argv, environment,
+            output = _parts.Output.Start();
+            _state.OutputTails[generation] = output.Value.Tail;
+            foreach (var old in _state.OutputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _state.OutputTails.Remove(old);
+            var pid = _parts.Spawner.Spawn(new SpawnRequest(_parts.CommandPath, argv, environment,
                 _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User,
                 output.Value.StdoutWrite, output.Value.StderrWrite));
             _reaper.ChildStarted();
@@ -407,7 +349,7 @@ internal sealed class SupervisorHost
     private void SendSignal(SupervisorEffect.SendSignal s)
     {
         // Apps on the client library hear "drain" on their handoff connection, whatever the stop signal is.
-        if (s.Signal == _settings.Policy.StopSignal && s.Signal != Signals.SIGKILL && _connections.TryGetValue(s.Generation, out var connections))
+        if (s.Signal == _settings.Policy.StopSignal && s.Signal != Signals.SIGKILL && _state.Connections.TryGetValue(s.Generation, out var connections))
             foreach (var c in connections) c.SendLine(HandoffProtocol.DrainLine);
         var target = s.WholeProcessGroup ? -s.Pid : s.Pid;
         _log.Debug("sending {Signal} to {Target}", Signals.Name(s.Signal), s.WholeProcessGroup ? $"process group {s.Pid}" : $"pid {s.Pid}");
@@ -462,9 +404,9 @@ internal sealed class SupervisorHost
         if (message.Ready)
         {
             exit ??= Execute(_machine.Handle(new SupervisorEvent.ReadyReported(generation, channel)));
-            if (_dotnetHook is not null && !_saidNoDrain && _machine.Serving is { Drain: null } serving && serving.Number == generation)
+            if (_parts.DotnetHook is not null && !_state.SaidNoDrain && _machine.Serving is { Drain: null } serving && serving.Number == generation)
             {
-                _saidNoDrain = true;
+                _state.SaidNoDrain = true;
                 _log.Information("{Generation} announced no drain ({Field}=): gsupervisor's ASP.NET Core integration is not in it (not an ASP.NET Core app, " +
                     "or a trimmed or Native AOT one, where .NET startup hooks are off), so what a reload does to its connections is up to its own handling of {Signal}",
                     serving.Label, HandoffProtocol.DrainField, Signals.Name(_settings.Policy.StopSignal));
@@ -489,7 +431,7 @@ internal sealed class SupervisorHost
             c.Refuse("not a process of a running generation");
             return;
         }
-        var list = _connections.TryGetValue(generation, out var existing) ? existing : _connections[generation] = [];
+        var list = _state.Connections.TryGetValue(generation, out var existing) ? existing : _state.Connections[generation] = [];
         if (list.Count >= MaxHandoffConnectionsPerGeneration)
         {
             LogRefusal($"refused a handoff connection from pid {c.PeerPid}: generation {generation} already holds {list.Count}");
@@ -505,11 +447,14 @@ internal sealed class SupervisorHost
         }
         list.Add(c);
         _log.Debug("handed {Count} listeners to pid {Pid} of generation {Generation} over the handoff socket", _listeners.Count, c.PeerPid, generation);
+        StartReading(generation, c);
+    }
+
+    private void StartReading(int generation, HandoffConnection c) =>
         c.StartReading(
             line => PostUntrusted(new LoopEvent.HandoffLine(generation, c, line)),
             problem => PostUntrusted(new LoopEvent.Refusal($"closed the handoff connection of pid {c.PeerPid} (generation {generation}): {problem}")),
             () => Post(new LoopEvent.HandoffClosed(generation, c)));
-    }
 
     /// <summary>The generation <paramref name="pid"/> belongs to: the one whose leader leads its process group (see ProcessTree).</summary>
     private int? FindGeneration(int pid) =>
@@ -547,40 +492,6 @@ internal sealed class SupervisorHost
         _refusalsSuppressed = 0;
         _refusalsInWindow = 0;
         _refusalWindowStart = now;
-    }
-
-    private List<string> BuildBaseEnvironment()
-    {
-        string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-            .. _dotnetHook is null ? Array.Empty<string>() : [StartupHooks.Variable]];
-        // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
-        string[] account = _settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
-        var environment = new List<string>();
-        foreach (var (key, value) in ProcessEnvironment.Read())
-        {
-            if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
-            environment.Add($"{key}={value}");
-        }
-        // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
-        var knobs = RuntimeKnobs.ForChildren();
-        foreach (var (key, value) in knobs)
-            if (!owned.Contains(key)) environment.Add($"{key}={value}");
-        if (_settings.User is { } user)
-            environment.AddRange([$"HOME={user.Home}", $"USER={user.Name}", $"LOGNAME={user.Name}"]);
-        if (_listeners.Count > 0)
-        {
-            environment.Add("LISTEN_FDS=" + _listeners.Count.ToString(CultureInfo.InvariantCulture));
-            environment.Add("LISTEN_FDNAMES=" + string.Join(':', _listeners.Select(l => l.Spec.FdName)));
-        }
-        environment.Add("NOTIFY_SOCKET=" + _notify.Path);
-        environment.Add("GSUPERVISOR_HANDOFF=" + _handoff.Path);
-        environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
-        if (_dotnetHook is { } hook)
-        {
-            var hooks = knobs.FirstOrDefault(k => k.Key == StartupHooks.Variable).Value ?? Environment.GetEnvironmentVariable(StartupHooks.Variable);
-            environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(hooks, hook));
-        }
-        return environment;
     }
 
     private static LogEventLevel ToLevel(LogSeverity s) => s switch

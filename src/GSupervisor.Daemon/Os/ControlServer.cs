@@ -1,10 +1,11 @@
 // Overview
 // --------
-// The control socket: `gsupervisor status | reload | stop` talk to the running daemon over it. A Unix stream
-// socket, mode 0600, and every peer's uid is checked (SO_PEERCRED): only the daemon's own uid or root is
-// served. A request is one line ("status", "status json", "reload", "reload wait", "stop"); the reply is one
-// or more lines, then the daemon closes the connection. The accept thread reads the request line (with a
-// timeout, so a silent peer cannot hold it) and hands it to the event loop, which answers.
+// The control socket: `gsupervisor status | reload | upgrade | stop` talk to the running daemon over it. A Unix
+// stream socket, mode 0600, and every peer's uid is checked (SO_PEERCRED): only the daemon's own uid or root is
+// served. A request is one line (the requests: SupervisorHost.Control.cs); the reply is one or more lines, then
+// the daemon closes the connection. The accept thread reads the request line (with a timeout, so a silent peer
+// cannot hold it) and hands it to the event loop, which answers. The listening socket and connections waiting
+// for their answer cross an in-place upgrade.
 
 using System.Text;
 using Mono.Unix.Native;
@@ -24,12 +25,20 @@ internal sealed class ControlServer
 
     public string Path { get; }
 
+    public int SocketFd => _fd;
+
+    /// <summary>Carried across an in-place upgrade: the socket an earlier image listens on, at <paramref name="fd"/>.</summary>
+    public static ControlServer Adopt(string path, int fd) => new(path, fd);
+
     /// <summary>The default path: $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else $XDG_RUNTIME_DIR/gsupervisor, else /run/gsupervisor.</summary>
-    public static string DefaultPath()
+    public static string DefaultPath() => DefaultPath(Environment.GetEnvironmentVariable);
+
+    /// <summary>The default path for a process with the environment <paramref name="variable"/> reads.</summary>
+    public static string DefaultPath(Func<string, string?> variable)
     {
-        if (Environment.GetEnvironmentVariable("RUNTIME_DIRECTORY") is { Length: > 0 } runtime)
+        if (variable("RUNTIME_DIRECTORY") is { Length: > 0 } runtime)
             return System.IO.Path.Combine(runtime.Split(':')[0], "control.sock");
-        if (Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR") is { Length: > 0 } xdg)
+        if (variable("XDG_RUNTIME_DIR") is { Length: > 0 } xdg)
             return System.IO.Path.Combine(xdg, "gsupervisor", "control.sock");
         return "/run/gsupervisor/control.sock";
     }
@@ -86,59 +95,68 @@ internal sealed class ControlServer
             throw new StartupException(errno == ErrorNumbers.EACCES ? ExitCodes.NoPermission : ExitCodes.CannotCreate,
                 $"cannot listen on control socket {path}: {ErrorNumbers.Describe(errno)}; give --control PATH");
         }
+        Libc.SetNonBlocking(fd); // accept only after poll, through the intake gate, and never wait in it
         return new ControlServer(path, fd);
     }
 
-    public void Start(Action<ControlRequest> onRequest, Action<string> onRefused) =>
-        new Thread(() => AcceptLoop(onRequest, onRefused)) { IsBackground = true, Name = "control" }.Start();
+    public void Start(Action<ControlRequest> onRequest, Action<string> onRefused, IntakeGate gate) =>
+        new Thread(() => AcceptLoop(onRequest, onRefused, gate)) { IsBackground = true, Name = "control" }.Start();
 
     public void Remove() => Syscall.unlink(Path);
 
-    private unsafe void AcceptLoop(Action<ControlRequest> onRequest, Action<string> onRefused)
+    private void AcceptLoop(Action<ControlRequest> onRequest, Action<string> onRefused, IntakeGate gate)
     {
         var ourUid = Syscall.geteuid();
         while (true)
         {
-            var fd = Syscall.accept4(_fd, new SockaddrUn(), UnixSocketFlags.SOCK_CLOEXEC);
-            if (fd < 0)
+            Fd.WaitReadable(_fd);
+            int errno;
+            // Accepting, reading the request (a second at most) and posting it is one pass through the gate.
+            using (gate.Enter())
             {
-                if (ErrorNumbers.Last is not (ErrorNumbers.EINTR or 103)) Thread.Sleep(TimeSpan.FromSeconds(1)); // EMFILE: back off, never spin
-                continue;
+                var fd = Syscall.accept4(_fd, new SockaddrUn(), UnixSocketFlags.SOCK_CLOEXEC);
+                errno = fd < 0 ? ErrorNumbers.Last : 0;
+                if (fd >= 0) Serve(fd, ourUid, onRequest, onRefused);
             }
-            var request = new ControlRequest(fd);
-            var trusted = Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) && PeerRule.Trusted(uid, ourUid);
-            // One thread reads every request: a peer that sends nothing holds it for one second at most; and the
-            // loop's reply waits at most one second for a peer that does not read it.
-            var timeout = new Timeval { tv_sec = 1 };
-            Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_RCVTIMEO, timeout);
-            Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_SNDTIMEO, timeout);
-            var buffer = new byte[MaxRequestBytes];
-            var filled = 0;
-            while (filled < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, filled) < 0)
-            {
-                long n;
-                fixed (byte* p = buffer) n = Syscall.read(fd, p + filled, (ulong)(buffer.Length - filled));
-                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue; // interrupted: read again
-                if (n <= 0) break; // end of input, or the one-second timeout (EAGAIN): a request that did not come
-                filled += (int)n;
-            }
-            // A refused peer's request is read all the same: closing with it unread would reset the connection,
-            // and the peer would never see why.
-            if (!trusted)
-            {
-                onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
-                request.Reply("ERR permission denied: only the daemon's user or root may control it");
-                continue;
-            }
-            var newline = Array.IndexOf(buffer, (byte)'\n', 0, filled);
-            if (newline < 0)
-            {
-                request.Reply("ERR malformed request");
-                continue;
-            }
-            request.Line = Encoding.ASCII.GetString(buffer, 0, newline).Trim();
-            onRequest(request);
+            if (errno is not (0 or ErrorNumbers.EINTR or ErrorNumbers.EAGAIN or 103)) Thread.Sleep(TimeSpan.FromSeconds(1)); // EMFILE: back off, never spin
         }
+    }
+
+    private static unsafe void Serve(int fd, uint ourUid, Action<ControlRequest> onRequest, Action<string> onRefused)
+    {
+        var request = new ControlRequest(fd);
+        var trusted = Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _) && PeerRule.Trusted(uid, ourUid);
+        // One thread reads every request: a peer that sends nothing holds it for one second at most; and the
+        // loop's reply waits at most one second for a peer that does not read it.
+        var timeout = new Timeval { tv_sec = 1 };
+        Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_RCVTIMEO, timeout);
+        Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_SNDTIMEO, timeout);
+        var buffer = new byte[MaxRequestBytes];
+        var filled = 0;
+        while (filled < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, filled) < 0)
+        {
+            long n;
+            fixed (byte* p = buffer) n = Syscall.read(fd, p + filled, (ulong)(buffer.Length - filled));
+            if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue; // interrupted: read again
+            if (n <= 0) break; // end of input, or the one-second timeout (EAGAIN): a request that did not come
+            filled += (int)n;
+        }
+        // A refused peer's request is read all the same: closing with it unread would reset the connection,
+        // and the peer would never see why.
+        if (!trusted)
+        {
+            onRefused($"refused a control connection from pid {pid} uid {uid}: only uid {ourUid} or root may control this gsupervisor");
+            request.Reply("ERR permission denied: only the daemon's user or root may control it");
+            return;
+        }
+        var newline = Array.IndexOf(buffer, (byte)'\n', 0, filled);
+        if (newline < 0)
+        {
+            request.Reply("ERR malformed request");
+            return;
+        }
+        request.Line = Encoding.ASCII.GetString(buffer, 0, newline).Trim();
+        onRequest(request);
     }
 }
 
@@ -146,6 +164,9 @@ internal sealed class ControlServer
 internal sealed class ControlRequest(int fd)
 {
     public string Line { get; set; } = "";
+
+    /// <summary>The connection's fd, which crosses an in-place upgrade while the request waits for its answer.</summary>
+    public int SocketFd => fd;
 
     public bool Answered { get; private set; }
 

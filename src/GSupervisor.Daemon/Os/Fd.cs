@@ -32,6 +32,15 @@ internal static unsafe class Fd
         return written;
     }
 
+    /// <summary>Blocks in poll until <paramref name="fd"/> has input (or an error or hang-up to report): the wait before an intake.</summary>
+    public static void WaitReadable(int fd)
+    {
+        var fds = new[] { new Pollfd { fd = fd, events = PollEvents.POLLIN } };
+        while (Syscall.poll(fds, 1, -1) < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR)
+        {
+        }
+    }
+
     /// <summary>Blocks in poll until <paramref name="fd"/> takes bytes, as a blocking write would; false if it never will.</summary>
     private static bool WaitWritable(int fd)
     {

@@ -15,6 +15,13 @@ internal sealed class HandoffServer
 {
     private readonly int _fd;
 
+    /// <summary>Carried across an in-place upgrade: the socket an earlier image listens on, at <paramref name="fd"/>.</summary>
+    public HandoffServer(string path, int fd)
+    {
+        Path = path;
+        _fd = fd;
+    }
+
     public HandoffServer(string path)
     {
         Path = path;
@@ -23,45 +30,71 @@ internal sealed class HandoffServer
         if (Syscall.bind(_fd, new SockaddrUn(path)) != 0 || Syscall.listen(_fd, 64) != 0)
             throw new StartupException(ExitCodes.OsError, $"cannot listen on the handoff socket {path}: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
         Syscall.chmod(path, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR);
+        Libc.SetNonBlocking(_fd); // accept only after poll, through the intake gate, and never wait in it
     }
 
     public string Path { get; }
 
-    public void Start(Action<HandoffConnection> onConnected, Action<string> onError) =>
-        new Thread(() => AcceptLoop(onConnected, onError)) { IsBackground = true, Name = "handoff-accept" }.Start();
+    public int SocketFd => _fd;
 
-    private void AcceptLoop(Action<HandoffConnection> onConnected, Action<string> onError)
+    public void Start(Action<HandoffConnection> onConnected, Action<string> onError, IntakeGate gate) =>
+        new Thread(() => AcceptLoop(onConnected, onError, gate)) { IsBackground = true, Name = "handoff-accept" }.Start();
+
+    private void AcceptLoop(Action<HandoffConnection> onConnected, Action<string> onError, IntakeGate gate)
     {
         while (true)
         {
-            var fd = Syscall.accept4(_fd, new SockaddrUn(), UnixSocketFlags.SOCK_CLOEXEC);
-            if (fd < 0)
+            Fd.WaitReadable(_fd);
+            int errno;
+            using (gate.Enter())
             {
-                var errno = ErrorNumbers.Last;
-                if (errno is ErrorNumbers.EINTR or 103 /* ECONNABORTED */) continue;
+                var fd = Syscall.accept4(_fd, new SockaddrUn(), UnixSocketFlags.SOCK_CLOEXEC);
+                errno = fd < 0 ? ErrorNumbers.Last : 0;
+                if (fd >= 0)
+                {
+                    if (Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _))
+                    {
+                        onConnected(new HandoffConnection(fd, pid, uid, gate));
+                        continue;
+                    }
+                    errno = ErrorNumbers.Last;
+                    Syscall.close(fd);
+                    onError($"cannot read the credentials of a handoff peer: {ErrorNumbers.Describe(errno)}");
+                    continue;
+                }
+                if (errno is ErrorNumbers.EINTR or ErrorNumbers.EAGAIN or 103 /* ECONNABORTED */) continue;
                 onError($"handoff accept failed: {ErrorNumbers.Describe(errno)}");
-                Thread.Sleep(TimeSpan.FromSeconds(1)); // EMFILE and the like: back off rather than spin
-                continue;
             }
-            if (!Libc.TryGetPeerCredentials(fd, out var pid, out var uid, out _))
-            {
-                onError($"cannot read the credentials of a handoff peer: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
-                Syscall.close(fd);
-                continue;
-            }
-            onConnected(new HandoffConnection(fd, pid, uid));
+            Thread.Sleep(TimeSpan.FromSeconds(1)); // EMFILE and the like: back off rather than spin
         }
     }
 }
 
-/// <summary>One accepted handoff connection. Only its reader thread closes the fd; others shut it down.</summary>
-internal sealed class HandoffConnection(int fd, int peerPid, int peerUid)
+/// <summary>
+/// One accepted handoff connection. Only its reader thread closes the fd; others shut it down. Its reader takes
+/// bytes through the intake gate and keeps an unfinished line in <see cref="Pending"/>, which an in-place upgrade
+/// carries to the new image with the fd.
+/// </summary>
+internal sealed class HandoffConnection(int fd, int peerPid, int peerUid, IntakeGate gate, byte[]? pending = null)
 {
     private readonly Lock _lock = new();
     private bool _closed;
+    private readonly byte[] _buffer = NewBuffer(pending);
+    private int _filled = pending?.Length ?? 0;
 
     public int PeerPid { get; } = peerPid;
     public int PeerUid { get; } = peerUid;
+    public int SocketFd => fd;
+
+    /// <summary>The bytes of a line not finished yet (read with the gate closed).</summary>
+    public byte[] Pending => _buffer.AsSpan(0, _filled).ToArray();
+
+    private static byte[] NewBuffer(byte[]? pending)
+    {
+        var buffer = new byte[HandoffProtocol.MaxLineBytes + 1];
+        pending?.AsSpan(0, Math.Min(pending.Length, HandoffProtocol.MaxLineBytes)).CopyTo(buffer);
+        return buffer;
+    }
 
     public void Refuse(string reason)
     {
@@ -93,44 +126,48 @@ internal sealed class HandoffConnection(int fd, int peerPid, int peerUid)
             if (!_closed) Syscall.shutdown(fd, ShutdownOption.SHUT_RDWR);
     }
 
-    private unsafe void ReadLoop(Action<byte[]> onLine, Action<string> onProtocolError, Action onClosed)
+    private void ReadLoop(Action<byte[]> onLine, Action<string> onProtocolError, Action onClosed)
     {
-        var buffer = new byte[HandoffProtocol.MaxLineBytes + 1];
-        var filled = 0;
-        try
+        while (true)
         {
-            while (true)
+            Fd.WaitReadable(fd);
+            using (gate.Enter())
             {
-                long n;
-                fixed (byte* p = buffer)
-                    n = Syscall.read(fd, p + filled, (ulong)(buffer.Length - filled));
-                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
-                if (n <= 0) return;
-                filled += (int)n;
-                int newline;
-                var start = 0;
-                while ((newline = Array.IndexOf(buffer, (byte)'\n', start, filled - start)) >= 0)
+                if (ReadSome(onLine, onProtocolError)) continue;
+                // End of file, an error, or a line too long: closed, and the loop told, before the gate opens.
+                lock (_lock)
                 {
-                    if (newline > start) onLine(buffer.AsSpan(start, newline - start).ToArray()); // empty lines carry nothing
-                    start = newline + 1;
+                    _closed = true;
+                    Syscall.close(fd);
                 }
-                Buffer.BlockCopy(buffer, start, buffer, 0, filled - start);
-                filled -= start;
-                if (filled == buffer.Length)
-                {
-                    onProtocolError($"a line longer than {HandoffProtocol.MaxLineBytes} bytes");
-                    return;
-                }
+                onClosed();
+                return;
             }
         }
-        finally
-        {
-            lock (_lock)
+    }
+
+    /// <summary>One read, and the lines it completed passed on; false when the connection is over.</summary>
+    private unsafe bool ReadSome(Action<byte[]> onLine, Action<string> onProtocolError)
+    {
+        long n;
+        fixed (byte* p = _buffer)
+            while ((n = Syscall.recv(fd, p + _filled, (ulong)(_buffer.Length - _filled), MessageFlags.MSG_DONTWAIT)) < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR)
             {
-                _closed = true;
-                Syscall.close(fd);
             }
-            onClosed();
+        if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EAGAIN) return true;
+        if (n <= 0) return false;
+        _filled += (int)n;
+        int newline;
+        var start = 0;
+        while ((newline = Array.IndexOf(_buffer, (byte)'\n', start, _filled - start)) >= 0)
+        {
+            if (newline > start) onLine(_buffer.AsSpan(start, newline - start).ToArray()); // empty lines carry nothing
+            start = newline + 1;
         }
+        Buffer.BlockCopy(_buffer, start, _buffer, 0, _filled - start);
+        _filled -= start;
+        if (_filled < _buffer.Length) return true;
+        onProtocolError($"a line longer than {HandoffProtocol.MaxLineBytes} bytes");
+        return false;
     }
 }

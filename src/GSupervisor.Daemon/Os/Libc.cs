@@ -74,6 +74,13 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "sigemptyset")]
     public static partial int sigemptyset(void* set);
 
+    [LibraryImport(Lib, EntryPoint = "sigaddset")]
+    public static partial int sigaddset(void* set, int signum);
+
+    /// <summary>Changes the calling thread's signal mask; returns 0 or an errno value.</summary>
+    [LibraryImport(Lib, EntryPoint = "pthread_sigmask")]
+    public static partial int pthread_sigmask(int how, void* set, void* oldSet);
+
     /// <summary>Sets a signal's disposition; <paramref name="handler"/> 0 is SIG_DFL.</summary>
     [LibraryImport(Lib, EntryPoint = "signal", SetLastError = true)]
     public static partial nint signal(int signum, nint handler);
@@ -105,6 +112,39 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
     private static partial nint write(int fd, byte* buffer, nuint count);
+
+    [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
+    private static partial nint read(int fd, byte* buffer, nuint count);
+
+    /// <summary>read(2), again after EINTR; -1 with errno set on error.</summary>
+    public static int read(int fd, byte* buffer, int count)
+    {
+        nint n;
+        while ((n = read(fd, buffer, (nuint)count)) < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR)
+        {
+        }
+        return (int)n;
+    }
+
+    public const int F_GETFD = 1, F_SETFD = 2, FD_CLOEXEC = 1, F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800;
+
+    /// <summary>Sets or clears FD_CLOEXEC on <paramref name="fd"/>; returns 0 or -1.</summary>
+    public static int SetCloseOnExec(int fd, bool on)
+    {
+        var flags = fcntl(fd, F_GETFD, 0);
+        if (flags < 0) return -1;
+        return fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC);
+    }
+
+    /// <summary>Sets O_NONBLOCK on <paramref name="fd"/> (a file status flag: it goes with the open file, across exec too).</summary>
+    public static int SetNonBlocking(int fd)
+    {
+        var flags = fcntl(fd, F_GETFL, 0);
+        return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    }
+
+    [LibraryImport(Lib, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int memfd_create(string name, uint flags);
 
     /// <summary>One line to <paramref name="fd"/> with a single write(2), for messages that cannot wait for the log.</summary>
     public static void WriteLine(int fd, string line)

@@ -11,6 +11,13 @@ internal sealed class NotifyServer
 {
     private readonly int _fd;
 
+    /// <summary>Carried across an in-place upgrade: the socket bound by an earlier image, at <paramref name="fd"/>.</summary>
+    public NotifyServer(string path, int fd)
+    {
+        Path = path;
+        _fd = fd;
+    }
+
     public NotifyServer(string path)
     {
         Path = path;
@@ -25,20 +32,24 @@ internal sealed class NotifyServer
 
     public string Path { get; }
 
-    public void Start(Action<ReceivedDatagram> onDatagram, Action<string> onError) =>
-        new Thread(() => Loop(onDatagram, onError)) { IsBackground = true, Name = "notify" }.Start();
+    public int SocketFd => _fd;
 
-    private void Loop(Action<ReceivedDatagram> onDatagram, Action<string> onError)
+    public void Start(Action<ReceivedDatagram> onDatagram, Action<string> onError, IntakeGate gate) =>
+        new Thread(() => Loop(onDatagram, onError, gate)) { IsBackground = true, Name = "notify" }.Start();
+
+    private void Loop(Action<ReceivedDatagram> onDatagram, Action<string> onError, IntakeGate gate)
     {
         // One byte more than the largest accepted message, so an oversized one shows as truncated.
         var buffer = new byte[Core.NotifyMessage.MaxBytes + 1];
         while (true)
         {
-            var datagram = UnixMessages.ReceiveWithCredentials(_fd, buffer, out var errno);
-            if (datagram is not null)
+            Fd.WaitReadable(_fd);
+            int errno;
+            using (gate.Enter())
             {
-                onDatagram(datagram);
-                continue;
+                var datagram = UnixMessages.ReceiveWithCredentials(_fd, buffer, out errno);
+                if (datagram is not null) onDatagram(datagram);
+                if (datagram is not null || errno == ErrorNumbers.EAGAIN) continue;
             }
             onError($"notify socket receive failed: {ErrorNumbers.Describe(errno)}");
             Thread.Sleep(TimeSpan.FromSeconds(1)); // a persistent error must not spin; recvmsg on a bound socket does not fail in practice

@@ -22,8 +22,27 @@ internal sealed class OutputTail
     private readonly Lock _lock = new();
     private readonly byte[] _buffer = new byte[Capacity];
     private long _written;
-    private int _openPipes = 2;
-    private readonly ManualResetEventSlim _closed = new(false);
+    private int _openPipes;
+    private readonly ManualResetEventSlim _closed;
+
+    public OutputTail(int openPipes = 2, ReadOnlySpan<byte> carried = default)
+    {
+        _openPipes = openPipes;
+        _closed = new ManualResetEventSlim(openPipes == 0);
+        Append(carried);
+    }
+
+    /// <summary>The bytes kept, oldest first (what an in-place upgrade carries).</summary>
+    public byte[] Bytes()
+    {
+        lock (_lock)
+        {
+            var length = (int)Math.Min(_written, Capacity);
+            var copy = new byte[length];
+            for (var i = 0; i < length; i++) copy[i] = _buffer[(_written - length + i) % Capacity];
+            return copy;
+        }
+    }
 
     public void Append(ReadOnlySpan<byte> data)
     {
@@ -45,24 +64,27 @@ internal sealed class OutputTail
     /// <summary>The last <paramref name="lines"/> lines.</summary>
     public string LastLines(int lines)
     {
-        byte[] copy;
-        lock (_lock)
-        {
-            var length = (int)Math.Min(_written, Capacity);
-            copy = new byte[length];
-            for (var i = 0; i < length; i++) copy[i] = _buffer[(_written - length + i) % Capacity];
-        }
-        var text = Encoding.UTF8.GetString(copy).TrimEnd('\n');
+        var text = Encoding.UTF8.GetString(Bytes()).TrimEnd('\n');
         var all = text.Split('\n');
         return string.Join('\n', all.Skip(Math.Max(0, all.Length - lines)));
     }
 }
 
 /// <summary>Relays every generation's stdout and stderr (see the overview). One per supervisor.</summary>
-internal sealed class OutputRelay
+internal sealed class OutputRelay(IntakeGate gate)
 {
-    private readonly RelayTarget _stdout = new(1, "relay-stdout");
-    private readonly RelayTarget _stderr = new(2, "relay-stderr");
+    private readonly RelayTarget _stdout = new(1, "relay-stdout", gate);
+    private readonly RelayTarget _stderr = new(2, "relay-stderr", gate);
+
+    /// <summary>The read ends of <paramref name="tail"/>'s stdout and stderr pipes, -1 for one at end of file (read with the gate closed).</summary>
+    public (int Stdout, int Stderr) PipesOf(OutputTail tail) => (_stdout.FdOf(tail), _stderr.FdOf(tail));
+
+    /// <summary>Relays pipes an earlier image made (an in-place upgrade); -1 for one that had reached end of file.</summary>
+    public void Adopt(int stdoutRead, int stderrRead, OutputTail tail)
+    {
+        if (stdoutRead >= 0) _stdout.Add(stdoutRead, tail);
+        if (stderrRead >= 0) _stderr.Add(stderrRead, tail);
+    }
 
     /// <summary>Makes the two pipes of a new generation: (child's stdout write end, child's stderr write end, tail).</summary>
     public (int StdoutWrite, int StderrWrite, OutputTail Tail) Start()
@@ -120,13 +142,23 @@ internal sealed class OutputRelay
         private readonly int _epoll;
         private readonly Lock _lock = new();
         private readonly Dictionary<int, OutputTail> _sources = [];
+        private readonly IntakeGate _gate;
 
-        public RelayTarget(int targetFd, string threadName)
+        public RelayTarget(int targetFd, string threadName, IntakeGate gate)
         {
             _targetFd = targetFd;
+            _gate = gate;
             _epoll = Libc.epoll_create1(Libc.EPOLL_CLOEXEC);
             if (_epoll < 0) throw new StartupException(ExitCodes.OsError, $"epoll_create1: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
             new Thread(Loop) { IsBackground = true, Name = threadName }.Start();
+        }
+
+        public int FdOf(OutputTail tail)
+        {
+            lock (_lock)
+                foreach (var (fd, t) in _sources)
+                    if (ReferenceEquals(t, tail)) return fd;
+            return -1;
         }
 
         public void Add(int readFd, OutputTail tail)
@@ -155,8 +187,9 @@ internal sealed class OutputRelay
                     Libc.WriteLine(2, $"gsupervisor: output relay stopped: epoll_wait: {ErrorNumbers.Describe(ErrorNumbers.Last)}");
                     return;
                 }
-                for (var i = 0; i < ready; i++)
-                    Relay(Libc.EpollEventFd(events, i), buffer);
+                using (_gate.Enter())
+                    for (var i = 0; i < ready; i++)
+                        Relay(Libc.EpollEventFd(events, i), buffer);
             }
         }
 

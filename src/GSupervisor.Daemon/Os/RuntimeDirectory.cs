@@ -15,6 +15,9 @@ internal sealed class RuntimeDirectory : IDisposable
 
     public string File(string name) => System.IO.Path.Combine(Path, name);
 
+    /// <summary>The directory an earlier image made (an in-place upgrade); its files are recorded again with Own.</summary>
+    public static RuntimeDirectory Adopt(string path) => new(path);
+
     /// <param name="forOtherUser">Children run as another user (--user): only a root every user can traverse will do.</param>
     public static RuntimeDirectory Create(bool forOtherUser = false)
     {

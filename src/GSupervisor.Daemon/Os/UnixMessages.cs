@@ -85,7 +85,7 @@ internal static class UnixMessages
         return 0;
     }
 
-    /// <summary>Blocks for one datagram; returns null with <paramref name="errno"/> set on error.</summary>
+    /// <summary>Takes one datagram without waiting; returns null with <paramref name="errno"/> set (EAGAIN: none there).</summary>
     public static ReceivedDatagram? ReceiveWithCredentials(int socket, byte[] buffer, out int errno)
     {
         var handle = GCHandle.Alloc(buffer, GCHandleType.Pinned);
@@ -101,7 +101,7 @@ internal static class UnixMessages
             long received;
             while (true)
             {
-                received = Syscall.recvmsg(socket, msg, MessageFlags.MSG_CMSG_CLOEXEC);
+                received = Syscall.recvmsg(socket, msg, MessageFlags.MSG_CMSG_CLOEXEC | MessageFlags.MSG_DONTWAIT);
                 if (received >= 0) break;
                 errno = ErrorNumbers.Last;
                 if (errno != ErrorNumbers.EINTR) return null;

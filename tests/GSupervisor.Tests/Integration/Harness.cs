@@ -382,9 +382,11 @@ internal static class Verb
 {
     /// <param name="asUser">Run as this uid (through setpriv; needs root).</param>
     /// <param name="overridingFileModes">With asUser: keep CAP_DAC_OVERRIDE, so file modes do not stop it and only the daemon's own checks can.</param>
-    public static (int Code, string Stdout, string Stderr) Run(IEnumerable<string> arguments, string? asUser = null, bool overridingFileModes = false)
+    /// <param name="program">Another gsupervisor binary than the installed one (a copy a test upgrades).</param>
+    public static (int Code, string Stdout, string Stderr) Run(IEnumerable<string> arguments, string? asUser = null, bool overridingFileModes = false,
+        string? program = null)
     {
-        var info = new ProcessStartInfo(asUser is null ? Paths.Supervisor : "/usr/bin/setpriv")
+        var info = new ProcessStartInfo(asUser is null ? program ?? Paths.Supervisor : "/usr/bin/setpriv")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

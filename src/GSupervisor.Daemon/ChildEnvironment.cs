@@ -1,0 +1,47 @@
+using System.Globalization;
+using GSupervisor.Core;
+using GSupervisor.Daemon.Os;
+
+namespace GSupervisor.Daemon;
+
+/// <summary>
+/// The environment every generation starts with: the supervisor's own (as it was started), less what the
+/// supervisor owns (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*, GSUPERVISOR_*), plus the child contract's variables.
+/// GSUPERVISOR_GENERATION is added per spawn, LISTEN_PID by the exec helper.
+/// </summary>
+internal static class ChildEnvironment
+{
+    public static List<string> Build(RunSettings settings, IReadOnlyList<BoundListener> listeners, string notifyPath, string handoffPath, string? dotnetHook)
+    {
+        string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+            .. dotnetHook is null ? Array.Empty<string>() : [StartupHooks.Variable]];
+        // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
+        string[] account = settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
+        var environment = new List<string>();
+        foreach (var (key, value) in ProcessEnvironment.Read())
+        {
+            if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
+            environment.Add($"{key}={value}");
+        }
+        // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
+        var knobs = RuntimeKnobs.ForChildren();
+        foreach (var (key, value) in knobs)
+            if (!owned.Contains(key)) environment.Add($"{key}={value}");
+        if (settings.User is { } user)
+            environment.AddRange([$"HOME={user.Home}", $"USER={user.Name}", $"LOGNAME={user.Name}"]);
+        if (listeners.Count > 0)
+        {
+            environment.Add("LISTEN_FDS=" + listeners.Count.ToString(CultureInfo.InvariantCulture));
+            environment.Add("LISTEN_FDNAMES=" + string.Join(':', listeners.Select(l => l.Spec.FdName)));
+        }
+        environment.Add("NOTIFY_SOCKET=" + notifyPath);
+        environment.Add("GSUPERVISOR_HANDOFF=" + handoffPath);
+        environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        if (dotnetHook is { } hook)
+        {
+            var hooks = knobs.FirstOrDefault(k => k.Key == StartupHooks.Variable).Value ?? Environment.GetEnvironmentVariable(StartupHooks.Variable);
+            environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(hooks, hook));
+        }
+        return environment;
+    }
+}

@@ -1,0 +1,95 @@
+// The control protocol: what the loop answers on the control socket (see Os/ControlServer.cs for the socket).
+// Requests: "status", "status json", "reload", "reload wait", "upgrade", "upgrade wait", "stop". Replies start
+// with OK, FAILED (the reload or upgrade did not happen; the rest says why) or ERR (the request itself was wrong).
+
+using GSupervisor.Core;
+using GSupervisor.Daemon.Os;
+
+namespace GSupervisor.Daemon;
+
+internal sealed partial class SupervisorHost
+{
+    private int? OnControl(ControlRequest request)
+    {
+        switch (request.Line)
+        {
+            case "status":
+                request.Reply("OK " + StatusReport.Text(_machine, _listeners, _settings, Identity()));
+                return null;
+            case "status json":
+                request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings, Identity()));
+                return null;
+            case "reload" or "reload wait":
+                var lastBefore = _machine.LastReload;
+                var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
+                if (_machine.Starting is not { } starting)
+                {
+                    if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
+                        ReplyWithOutcome([request], finished);
+                    else
+                        request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
+                    return exit;
+                }
+                var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
+                if (request.Line == "reload") request.Reply($"OK reload started (generation {target})");
+                else _state.ReloadWaiters.Add((target, request));
+                return exit;
+            case "upgrade" or "upgrade wait":
+                return OnUpgradeRequested(request, wait: request.Line == "upgrade wait");
+            case "stop":
+                request.Reply("OK stopping");
+                return Execute(_machine.Handle(new SupervisorEvent.ShutdownRequested("gsupervisor stop", Interrupt: false)));
+            default:
+                request.Reply($"ERR unknown request '{request.Line}'");
+                return null;
+        }
+    }
+
+    /// <summary>Requests that change what runs wait while an upgrade hands over (status is answered at once).</summary>
+    private static bool ChangesWhatRuns(ControlRequest request) => request.Line is "reload" or "reload wait" or "stop";
+
+    private StatusReport.Identity Identity() => new(_parts.Executable, _state.Upgrades, _state.LastUpgrade);
+
+    private void AnswerReloadWaiters(ReloadOutcome outcome)
+    {
+        var answered = _state.ReloadWaiters.Where(w => outcome.Generation >= w.MinGeneration).Select(w => w.Request).ToList();
+        _state.ReloadWaiters.RemoveAll(w => outcome.Generation >= w.MinGeneration);
+        if (answered.Count > 0) ReplyWithOutcome(answered, outcome);
+    }
+
+    /// <summary>
+    /// Answers reload requests with an outcome. A failure carries the failed generation's last output; a child
+    /// that just died may still have its last words in its pipes, so that reply waits for them (200 ms at most)
+    /// off the event loop, which never waits on a child. While an upgrade hands over (the intake gate closed) the
+    /// reply goes at once, from the loop, so it is not cut off by the exec.
+    /// </summary>
+    private void ReplyWithOutcome(IReadOnlyList<ControlRequest> requests, ReloadOutcome outcome)
+    {
+        if (outcome.Succeeded || !_state.OutputTails.TryGetValue(outcome.Generation, out var tail))
+        {
+            var reply = outcome.Succeeded ? $"OK reload succeeded: {outcome.Message}" : $"FAILED {outcome.Message}\n(generation {outcome.Generation} wrote no output)";
+            foreach (var request in requests) request.Reply(reply);
+            return;
+        }
+        var exited = _machine.FindByNumber(outcome.Generation) is null; // one still alive (being stopped) is not waited for
+        void Answer(bool waitForEnd)
+        {
+            if (waitForEnd) tail.WaitForEnd(TimeSpan.FromMilliseconds(200));
+            var text = tail.LastLines(20);
+            var reply = $"FAILED {outcome.Message}" + (text.Length == 0
+                ? $"\n(generation {outcome.Generation} wrote no output)"
+                : $"\nlast output of generation {outcome.Generation}:\n{text}");
+            foreach (var request in requests) request.Reply(reply);
+        }
+        if (_parts.Gate.IsClosed)
+        {
+            Answer(waitForEnd: false);
+            return;
+        }
+        var gate = _parts.Gate;
+        _ = Task.Run(() =>
+        {
+            using (gate.Enter()) Answer(exited); // an upgrade waits for this answer before it execs
+        });
+    }
+}

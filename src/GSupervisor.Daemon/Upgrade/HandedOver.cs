@@ -1,0 +1,72 @@
+using GSupervisor.Core;
+using GSupervisor.Daemon.Os;
+
+namespace GSupervisor.Daemon.Upgrade;
+
+/// <summary>
+/// The new image's side of an in-place upgrade: the objects of the earlier image, made again from the state
+/// document around the fds that crossed the exec. Every crossed fd gets FD_CLOEXEC back.
+/// </summary>
+internal static class HandedOver
+{
+    public static List<BoundListener> Listeners(UpgradeState carried)
+    {
+        var listeners = new List<BoundListener>();
+        foreach (var l in carried.Listeners)
+        {
+            if (!ListenSpec.TryParse(l.Spec, out var spec, out var error))
+                throw new UpgradeStateException($"listener '{l.Spec}' (fd {l.Fd}): {error}");
+            listeners.Add(new BoundListener(spec! with { Name = l.Name }, l.Fd, l.Address, l.UnixPathToRemove, l.UnixInode));
+        }
+        ExecImage.MarkCloseOnExec([.. listeners.Select(l => l.Fd), carried.NotifyFd, carried.HandoffFd, carried.ControlFd]);
+        return listeners;
+    }
+
+    public static LoopState LoopState(UpgradeState carried, SupervisorPolicy policy, OutputRelay output, IntakeGate gate)
+    {
+        SupervisorStateMachine machine;
+        try
+        {
+            machine = SupervisorStateMachine.Import(policy, TimeProvider.System, carried.Machine);
+        }
+        catch (SnapshotException e)
+        {
+            throw new UpgradeStateException(e.Message);
+        }
+        var state = new LoopState(machine)
+        {
+            Interrupts = carried.Interrupts,
+            SaidNoDrain = carried.SaidNoDrain,
+            Upgrades = carried.Upgrades,
+        };
+        foreach (var c in carried.HandoffConnections)
+        {
+            ExecImage.MarkCloseOnExec([c.Fd]);
+            var list = state.Connections.TryGetValue(c.Generation, out var existing) ? existing : state.Connections[c.Generation] = [];
+            list.Add(new HandoffConnection(c.Fd, c.PeerPid, c.PeerUid, gate, c.Pending));
+        }
+        foreach (var o in carried.Outputs)
+        {
+            ExecImage.MarkCloseOnExec(new[] { o.StdoutFd, o.StderrFd }.Where(fd => fd >= 0));
+            var tail = new OutputTail((o.StdoutFd >= 0 ? 1 : 0) + (o.StderrFd >= 0 ? 1 : 0), o.Tail);
+            output.Adopt(o.StdoutFd, o.StderrFd, tail);
+            state.OutputTails[o.Generation] = tail;
+        }
+        foreach (var w in carried.ReloadWaiters)
+            state.ReloadWaiters.Add((w.MinGeneration, Request(w.Fd, "reload wait")));
+        foreach (var fd in carried.UpgradeWaiterFds)
+            state.UpgradeWaiters.Add(Request(fd, "upgrade wait"));
+        foreach (var d in carried.Deferred)
+        {
+            if (d.Signal is { } signal) state.Deferred.Add(new LoopEvent.Signal(signal));
+            else if (d is { ControlFd: { } fd, ControlLine: { } line }) state.Deferred.Add(new LoopEvent.Control(Request(fd, line)));
+        }
+        return state;
+    }
+
+    private static ControlRequest Request(int fd, string line)
+    {
+        ExecImage.MarkCloseOnExec([fd]);
+        return new ControlRequest(fd) { Line = line };
+    }
+}
