@@ -15,7 +15,7 @@ TEST_ROOT  := $(CURDIR)/out/deb/root
 # A Debian root with systemd, booted in a container by the tests of the packaged units (tests/systemd/).
 SYSTEMD_ROOT := out/systemd-root
 
-.PHONY: all build toolchain publish install deb pack systemd-root test demo bench bench-reload soak clean
+.PHONY: all build toolchain publish next install deb pack systemd-root test demo bench bench-reload soak clean
 
 all: build
 
@@ -35,6 +35,19 @@ publish: toolchain
 	$(DOTNET) publish src/GSupervisor.AspNetCore -c $(CONFIG) -p:PublishDir=$(CURDIR)/out/publish/dotnet/ -nologo -clp:ErrorsOnly
 	$(DOTNET) publish src/GSupervisor.StartupHook -c $(CONFIG) -p:PublishDir=$(CURDIR)/out/publish/dotnet/ -nologo -clp:ErrorsOnly
 	rm -f out/publish/dotnet/*.deps.json out/publish/dotnet/*.pdb out/publish/dotnet/*.xml
+
+# out/next/: the same binary as a newer release would be, for the in-place upgrade tests: version NEXT_VERSION,
+# and an upgrade state with a field this release does not know. Built from a copy of the tree (out/next-src), so
+# its objects never mix with the real build's.
+NEXT_VERSION = $(shell echo $(VERSION) | awk -F. '{ print $$1 "." $$2 "." $$3 + 1 }')
+next: deb
+	rm -rf out/next out/next-src
+	mkdir -p out/next-src
+	tar -c --exclude=./out --exclude=./.git --exclude='bin' --exclude='obj' . | tar -x -C out/next-src
+	cd out/next-src && $(DOTNET) publish src/GSupervisor.Daemon -c $(CONFIG) -r $(RID) -o $(CURDIR)/out/next -nologo -clp:ErrorsOnly \
+		-p:Version=$(NEXT_VERSION) -p:StateTestField=true
+	cp -r $(TEST_ROOT)/usr/lib/gsupervisor/dotnet out/next/dotnet
+	rm -rf out/next-src
 
 # PREFIX/lib/gsupervisor/ holds the binary and what it loads from beside itself; PREFIX/bin/gsupervisor links
 # to it. Plus the template unit, the man page and the example units.
@@ -57,7 +70,8 @@ install: publish
 DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 VERSION  := $(shell sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' Directory.Build.props)
 
-# out/gsupervisor_VERSION_ARCH.deb: the install layout under /usr.
+# out/gsupervisor_VERSION_ARCH.deb: the install layout under /usr, and maintainer scripts that upgrade running
+# daemons in place on install and stop them on removal (packaging/debian/).
 deb:
 	rm -rf out/deb
 	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/out/deb/root/usr
@@ -69,6 +83,7 @@ deb:
 		" gsupervisor binds the listening sockets, runs the service as a child and hands it the sockets;" \
 		" on reload it starts a new child on the same sockets and stops the old one once the new one is" \
 		" ready, so no connection is refused or reset. Installs as a systemd unit." > out/deb/root/DEBIAN/control
+	install -m 755 packaging/debian/postinst packaging/debian/prerm out/deb/root/DEBIAN/
 	dpkg-deb --root-owner-group -Zxz --build out/deb/root out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb
 
 # out/packages/: GSupervisor.Core, GSupervisor.Client and GSupervisor.AspNetCore .nupkg (with README, licence
@@ -88,9 +103,10 @@ $(SYSTEMD_ROOT)/.complete:
 # The whole suite (about 5 minutes; the first time a minute or two more for the Debian root): unit tests (fake
 # clock), integration tests against the installed native binary (real processes, sockets, signals), and the
 # packaged units under a real systemd in a container.
-test: build deb pack systemd-root
+test: build deb next pack systemd-root
 	rm -rf out/test-results
 	GSUPERVISOR_ROOT=$(TEST_ROOT) GSUPERVISOR_DEB=$(CURDIR)/out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb \
+	GSUPERVISOR_NEXT=$(CURDIR)/out/next \
 	GSUPERVISOR_PACKAGES=$(CURDIR)/out/packages \
 	GSUPERVISOR_SYSTEMD_ROOT=$(CURDIR)/$(SYSTEMD_ROOT) \
 		$(DOTNET) test Supervisor.sln -c $(CONFIG) --no-build -nologo --logger "console;verbosity=normal" \

@@ -19,13 +19,18 @@ gsupervisor \- zero-downtime restarts for network services
 .B gsupervisor reload
 [\fB\-\-wait\fR] [\fB\-\-timeout\fR \fIDURATION\fR] [\fB\-\-control\fR \fIPATH\fR]
 .br
+.B gsupervisor upgrade
+[\fB\-\-wait\fR] [\fB\-\-timeout\fR \fIDURATION\fR] [\fB\-\-all\fR | \fB\-\-control\fR \fIPATH\fR]
+.br
 .B gsupervisor stop
-[\fB\-\-control\fR \fIPATH\fR]
+[\fB\-\-all\fR | \fB\-\-control\fR \fIPATH\fR]
 .SH DESCRIPTION
 gsupervisor binds the listening sockets, runs COMMAND as a child with them at fds 3.. (the systemd
 LISTEN_FDS protocol, and over a handoff socket with SCM_RIGHTS), and on SIGUSR2, SIGHUP or
 \fBgsupervisor reload\fR starts a new child on the same sockets, waits until it reports ready, then
-stops the old one, so no connection is refused or reset.
+stops the old one, so no connection is refused or reset. \fBgsupervisor upgrade\fR makes the running
+daemon re-execute its binary in place (same pid, children untouched, the new binary checked first);
+installing the package does that for every running daemon.
 .SH OPTIONS
 .nf
 HEAD
@@ -35,7 +40,7 @@ cat <<'TAIL'
 .SH CONTROL VERBS
 .nf
 TAIL
-for verb in status reload stop; do "$bin" "$verb" --help 2>&1 | escape; done
+for verb in status reload upgrade stop; do "$bin" "$verb" --help 2>&1 | escape; done
 cat <<'TAIL'
 .fi
 .SH FILES

@@ -70,6 +70,48 @@ public class PackagedUnitTests
         Assert.That(_container.Get(url), Is.EqualTo(servingAnswer), "generation 2 still answers");
     }
 
+    /// <summary>
+    /// A package upgrade (here the same package again) upgrades the running unit in place: systemd's MainPID and
+    /// the child stay, the unit stays active, and the main process runs the new file. Removing the package stops it.
+    /// </summary>
+    [Test]
+    public void Installing_the_package_again_upgrades_a_running_unit_in_place_and_removing_it_stops_the_unit()
+    {
+        const string unit = "gsupervisor@upgraded.service";
+        Directory.CreateDirectory(Path.Combine(_container.Root, "etc/gsupervisor"));
+        File.WriteAllText(Path.Combine(_container.Root, "etc/gsupervisor/upgraded.conf"),
+            "OPTIONS=--listen 127.0.0.1:8082\nCOMMAND=/usr/bin/dotnet /srv/hello/HelloKestrel.dll\n");
+        try
+        {
+            _container.Must("systemctl", "start", unit);
+            var mainPid = _container.Show(unit, "MainPID")["MainPID"];
+            var answer = _container.Get("http://127.0.0.1:8082/");
+            Assert.That(answer, Does.EndWith("gen=1"));
+
+            var installed = _container.Must("dpkg", "-i", "/root/gsupervisor.deb");
+            Assert.That(installed, Does.Contain($"pid {mainPid} ({unit}): upgraded: gsupervisor {Paths.Version} -> {Paths.Version} in place"));
+            var after = _container.Show(unit, "ActiveState", "MainPID", "StatusText");
+            Assert.That(after["ActiveState"], Is.EqualTo("active"));
+            Assert.That(after["MainPID"], Is.EqualTo(mainPid), "the same main process");
+            Assert.That(after["StatusText"], Does.Contain($"upgraded to gsupervisor {Paths.Version}"));
+            Assert.That(_container.Must("readlink", $"/proc/{mainPid}/exe").Trim(), Is.EqualTo("/usr/lib/gsupervisor/gsupervisor"),
+                "the main process runs the file the package installed now, not the replaced one (\"(deleted)\")");
+            Assert.That(_container.Get("http://127.0.0.1:8082/"), Is.EqualTo(answer), "the same child answers");
+            Poll.Until(() => _container.Must("journalctl", "-u", unit, "--no-pager", "-o", "cat").Contains("took over in place"),
+                TimeSpan.FromSeconds(30), "the new image's line in the journal");
+
+            var removed = _container.Must("dpkg", "-r", "gsupervisor");
+            Assert.That(removed, Does.Contain($"stopping {unit}"));
+            Assert.That(_container.Show(unit, "ActiveState")["ActiveState"], Is.EqualTo("inactive"));
+            Assert.That(_container.Exec("test", "-e", $"/proc/{mainPid}").Code, Is.Not.EqualTo(0), "the supervisor has exited");
+        }
+        finally
+        {
+            _container.Exec("systemctl", "stop", unit);
+            _container.Must("dpkg", "-i", "/root/gsupervisor.deb"); // as the other tests expect it
+        }
+    }
+
     [Test]
     public void Template_unit_starts_reloads_survives_a_failed_reload_and_stops()
     {
