@@ -125,14 +125,15 @@ internal static class ControlClient
     }
 
     /// <summary>Sends one request and prints the answer; the exit code says how it went (see the overview).</summary>
-    private static int Ask(string path, string request, TimeSpan timeout, TextWriter stdout, TextWriter stderr, string? who = null)
+    /// <param name="daemonPid">With --all: the daemon found in /proc, which is believed whatever its uid (a daemon of a unit's User=).</param>
+    private static int Ask(string path, string request, TimeSpan timeout, TextWriter stdout, TextWriter stderr, string? who = null, int? daemonPid = null)
     {
         var prefix = who is null ? "gsupervisor: " : $"gsupervisor: {who}: ";
 
         string reply;
         try
         {
-            reply = Exchange(path, request, timeout);
+            reply = Exchange(path, request, timeout, daemonPid);
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock)
         {
@@ -197,7 +198,7 @@ internal static class ControlClient
         var worst = ExitCodes.Ok;
         foreach (var daemon in daemons)
         {
-            var code = Ask(daemon.ControlPath, "upgrade wait", timeout, stdout, stderr, daemon.Label);
+            var code = Ask(daemon.ControlPath, "upgrade wait", timeout, stdout, stderr, daemon.Label, daemon.Pid);
             if (code != ExitCodes.Ok && worst == ExitCodes.Ok) worst = code;
         }
         return worst;
@@ -215,7 +216,7 @@ internal static class ControlClient
         var worst = ExitCodes.Ok;
         foreach (var daemon in daemons)
         {
-            var code = Ask(daemon.ControlPath, "stop", TimeSpan.FromSeconds(10), stdout, stderr, daemon.Label);
+            var code = Ask(daemon.ControlPath, "stop", TimeSpan.FromSeconds(10), stdout, stderr, daemon.Label, daemon.Pid);
             if (code != ExitCodes.Ok && worst == ExitCodes.Ok) worst = code;
         }
         var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
@@ -234,7 +235,7 @@ internal static class ControlClient
         return worst;
     }
 
-    private static string Exchange(string path, string request, TimeSpan timeout)
+    private static string Exchange(string path, string request, TimeSpan timeout, int? daemonPid)
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         socket.ReceiveTimeout = (int)Math.Min(int.MaxValue, timeout.TotalMilliseconds);
@@ -244,7 +245,7 @@ internal static class ControlClient
         var ourUid = (int)Mono.Unix.Native.Syscall.geteuid();
         if (!Os.Libc.TryGetPeerCredentials((int)socket.Handle, out var serverPid, out var serverUid, out _))
             throw new UntrustedServerException($"cannot read the credentials of the server of {path}");
-        if (!Os.PeerRule.Trusted(serverUid, ourUid))
+        if (!Os.PeerRule.Trusted(serverUid, ourUid) && serverPid != daemonPid)
             throw new UntrustedServerException(
                 $"refusing {path}: its server (pid {serverPid}) runs as uid {serverUid}, not you or root (uid {ourUid}); it is not your gsupervisor");
         socket.Send(Encoding.ASCII.GetBytes(request + "\n"));

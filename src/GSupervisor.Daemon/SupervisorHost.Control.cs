@@ -60,8 +60,8 @@ internal sealed partial class SupervisorHost
     /// <summary>
     /// Answers reload requests with an outcome. A failure carries the failed generation's last output; a child
     /// that just died may still have its last words in its pipes, so that reply waits for them (200 ms at most)
-    /// off the event loop, which never waits on a child. While an upgrade hands over (the intake gate closed) the
-    /// reply goes at once, from the loop, so it is not cut off by the exec.
+    /// off the event loop, which never waits on a child. While an upgrade is under way the reply goes at once, from
+    /// the loop, so no exec can cut it off (the request is in no list that crosses by then).
     /// </summary>
     private void ReplyWithOutcome(IReadOnlyList<ControlRequest> requests, ReloadOutcome outcome)
     {
@@ -81,7 +81,7 @@ internal sealed partial class SupervisorHost
                 : $"\nlast output of generation {outcome.Generation}:\n{text}");
             foreach (var request in requests) request.Reply(reply);
         }
-        if (_parts.Gate.IsClosed)
+        if (_upgrade?.Check is not null || _parts.Gate.IsClosed)
         {
             Answer(waitForEnd: false);
             return;
@@ -89,7 +89,7 @@ internal sealed partial class SupervisorHost
         var gate = _parts.Gate;
         _ = Task.Run(() =>
         {
-            using (gate.Enter()) Answer(exited); // an upgrade waits for this answer before it execs
+            using (gate.Enter()) Answer(exited); // an upgrade that starts meanwhile waits for this answer before it execs
         });
     }
 }

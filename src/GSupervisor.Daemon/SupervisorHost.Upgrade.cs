@@ -39,6 +39,8 @@ internal sealed partial class SupervisorHost
         public UpgradeCheck? Check { get; set; }
         /// <summary>Ends a check that closed its output but does not exit.</summary>
         public Timer? ExitDeadline { get; set; }
+        /// <summary>Set once the check passed: the hand-over (step 3) runs, and nothing else moves the upgrade on.</summary>
+        public bool HandingOver { get; set; }
     }
 
     private UpgradeAttempt? _upgrade;
@@ -73,7 +75,7 @@ internal sealed partial class SupervisorHost
     /// <summary>Moves an upgrade on as far as it can go now; called after every turn of the loop.</summary>
     private int? AdvanceUpgrade()
     {
-        if (_upgrade is not { } upgrade) return null;
+        if (_upgrade is not { HandingOver: false } upgrade) return null;
         if (_machine.Phase is SupervisorPhase.ShuttingDown or SupervisorPhase.Exited && upgrade.Check is null)
             return RefuseUpgrade("the supervisor is shutting down");
         if (upgrade.Check is null)
@@ -99,13 +101,20 @@ internal sealed partial class SupervisorHost
             return null;
         }
         if (!upgrade.Check.Complete) return null;
+        upgrade.ExitDeadline?.Dispose();
         var version = upgrade.Check.Verdict(_parts.Executable, out var refusal);
         return version is null ? RefuseUpgrade(refusal!) : HandOver(upgrade, version);
     }
 
+    private int? OnUpgradeCheckExited(UpgradeCheck check, ExitStatus status)
+    {
+        check.Exit = status;
+        return AdvanceUpgrade();
+    }
+
     private int? OnUpgradeCheckOutput(LoopEvent.UpgradeCheckOutput o)
     {
-        if (_upgrade?.Check is not { } check || check.Pid != o.Pid) return null;
+        if (_upgrade?.Check is not { } check || check.Pid != o.Pid || check.Complete) return null;
         check.Output = o.Output;
         check.TimedOut |= o.TimedOut;
         if (!o.TimedOut && check.Exit is null)
@@ -124,7 +133,8 @@ internal sealed partial class SupervisorHost
         _state.UpgradeWaiters.Clear();
         _upgrade?.ExitDeadline?.Dispose();
         _upgrade = null;
-        if (_machine.Phase != SupervisorPhase.ShuttingDown) _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
+        // Only a running service was told RELOADING=1; one still starting says READY=1 when its first generation is.
+        if (_machine.Phase == SupervisorPhase.Running) _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
         return HandleDeferred();
     }
 
@@ -140,6 +150,7 @@ internal sealed partial class SupervisorHost
     /// <summary>Step 3 of the overview: close the gate, handle what was taken, exec. Returns only if the upgrade did not happen.</summary>
     private int? HandOver(UpgradeAttempt upgrade, string newVersion)
     {
+        upgrade.HandingOver = true;
         _log.Information("upgrade check passed: {Executable} is gsupervisor {Version}; handing over", _parts.Executable, newVersion);
         _systemd?.Send($"RELOADING=1\nMONOTONIC_USEC={SystemdNotifier.MonotonicMicroseconds()}\nSTATUS=upgrading in place to gsupervisor {newVersion}");
         var closing = Stopwatch.StartNew();
@@ -148,23 +159,37 @@ internal sealed partial class SupervisorHost
         while (!_parts.Gate.TryClose(TimeSpan.FromMilliseconds(10)))
         {
             exit ??= HandleQueued();
+            if (exit is not null || !ReferenceEquals(_upgrade, upgrade)) return exit;
             if (closing.Elapsed > GateCloseTimeout)
-                return exit ?? RefuseUpgrade($"the threads that take input did not pause within {Duration.Format(GateCloseTimeout)} " +
+                return RefuseUpgrade($"the threads that take input did not pause within {Duration.Format(GateCloseTimeout)} " +
                     "(an output relay blocked on a stdout nobody reads?)");
         }
-        exit ??= HandleQueued();
-        if (exit is not null || _machine.Phase != SupervisorPhase.Running && _machine.Phase != SupervisorPhase.Starting)
+        string reason;
+        try
         {
-            _parts.Gate.Reopen();
-            return exit ?? RefuseUpgrade("the supervisor began to shut down during the hand-over");
+            exit = HandleQueued();
+            if (exit is not null || !ReferenceEquals(_upgrade, upgrade)) return exit;
+            if (_machine.Phase is not (SupervisorPhase.Running or SupervisorPhase.Starting))
+                return RefuseUpgrade("the supervisor began to shut down during the hand-over");
+            var state = BuildState(upgrade);
+            var json = state.ToJson();
+            _log.Information("exec {Executable} (gsupervisor {New}) in place of gsupervisor {Old}, pid {Pid}, after {Took}",
+                _parts.Executable, newVersion, CommandLineReader.Version, Environment.ProcessId, Duration.Format(_machine.Now - upgrade.RequestedAt));
+            _parts.FlushLog(TimeSpan.FromSeconds(2));
+            var errno = ExecImage.Exec(_parts.Executable, [_parts.Executable, .. _parts.Arguments], CrossingFds(state), json);
+            reason = $"exec {_parts.Executable} failed: {ErrorNumbers.Describe(errno)}";
         }
-        var state = BuildState(upgrade);
-        _log.Information("exec {Executable} (gsupervisor {New}) in place of gsupervisor {Old}, pid {Pid}, after {Took}",
-            _parts.Executable, newVersion, CommandLineReader.Version, Environment.ProcessId, Duration.Format(_machine.Now - upgrade.RequestedAt));
-        _parts.FlushLog(TimeSpan.FromSeconds(2));
-        var errno = ExecImage.Exec(_parts.Executable, [_parts.Executable, .. _parts.Arguments], CrossingFds(state), state.ToJson());
-        _parts.Gate.Reopen();
-        return RefuseUpgrade($"exec {_parts.Executable} failed: {ErrorNumbers.Describe(errno)}");
+        catch (Exception e)
+        {
+            _log.Error(e, "internal error while handing over to the new image");
+            reason = $"internal error while handing over: {e.Message}";
+        }
+        finally
+        {
+            // Still here: no exec. Whatever happened, the threads that take input go on.
+            if (_parts.Gate.IsClosed) _parts.Gate.Reopen();
+        }
+        return RefuseUpgrade(reason);
     }
 
     /// <summary>Handles every event in the queue now; those that wait for the upgrade are put aside.</summary>
@@ -195,11 +220,7 @@ internal sealed partial class SupervisorHost
         {
             Generation = pair.Key, Fd = c.SocketFd, PeerPid = c.PeerPid, PeerUid = c.PeerUid, Pending = c.Pending,
         })).ToList(),
-        Outputs = _state.OutputTails.Select(pair =>
-        {
-            var (stdout, stderr) = _parts.Output.PipesOf(pair.Value);
-            return new OutputState { Generation = pair.Key, StdoutFd = stdout, StderrFd = stderr, Tail = pair.Value.Bytes() };
-        }).ToList(),
+        Outputs = OutputsToCarry(),
         ReloadWaiters = _state.ReloadWaiters.Select(w => new WaiterState { Fd = w.Request.SocketFd, MinGeneration = w.MinGeneration }).ToList(),
         UpgradeWaiterFds = _state.UpgradeWaiters.Select(w => w.SocketFd).ToList(),
         Deferred = _state.Deferred.Select(e => e switch
@@ -211,6 +232,16 @@ internal sealed partial class SupervisorHost
         Interrupts = _state.Interrupts,
         SaidNoDrain = _state.SaidNoDrain,
     };
+
+    /// <summary>Every pipe the relay still reads (of any generation, gone or not), and the kept tails of the newest generations.</summary>
+    private List<OutputState> OutputsToCarry()
+    {
+        var pipes = _parts.Output.Pipes();
+        var withoutPipes = _state.OutputTails.Values.Where(t => !pipes.Any(p => ReferenceEquals(p.Tail, t)));
+        return pipes.Concat(withoutPipes.Select(t => (Tail: t, Stdout: -1, Stderr: -1)))
+            .Select(p => new OutputState { Generation = p.Tail.Generation, StdoutFd = p.Stdout, StderrFd = p.Stderr, Tail = p.Tail.Bytes() })
+            .ToList();
+    }
 
     private static List<int> CrossingFds(UpgradeState state) =>
     [

@@ -211,8 +211,7 @@ internal sealed partial class SupervisorHost
             case LoopEvent.Signal s:
                 return OnSignal(s.Number);
             case LoopEvent.ChildExited x when _upgrade?.Check is { } check && check.Pid == x.Pid:
-                check.Exit = x.Status;
-                return AdvanceUpgrade();
+                return OnUpgradeCheckExited(check, x.Status);
             case LoopEvent.UpgradeCheckOutput o:
                 return OnUpgradeCheckOutput(o);
             case LoopEvent.ChildExited x:
@@ -318,7 +317,7 @@ internal sealed partial class SupervisorHost
         (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
         try
         {
-            output = _parts.Output.Start();
+            output = _parts.Output.Start(generation);
             _state.OutputTails[generation] = output.Value.Tail;
             foreach (var old in _state.OutputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _state.OutputTails.Remove(old);
             var pid = _parts.Spawner.Spawn(new SpawnRequest(_parts.CommandPath, argv, environment,

@@ -25,12 +25,16 @@ internal sealed class OutputTail
     private int _openPipes;
     private readonly ManualResetEventSlim _closed;
 
-    public OutputTail(int openPipes = 2, ReadOnlySpan<byte> carried = default)
+    public OutputTail(int generation, int openPipes = 2, ReadOnlySpan<byte> carried = default)
     {
+        Generation = generation;
         _openPipes = openPipes;
         _closed = new ManualResetEventSlim(openPipes == 0);
         Append(carried);
     }
+
+    /// <summary>The generation whose output this is.</summary>
+    public int Generation { get; }
 
     /// <summary>The bytes kept, oldest first (what an in-place upgrade carries).</summary>
     public byte[] Bytes()
@@ -76,8 +80,18 @@ internal sealed class OutputRelay(IntakeGate gate)
     private readonly RelayTarget _stdout = new(1, "relay-stdout", gate);
     private readonly RelayTarget _stderr = new(2, "relay-stderr", gate);
 
-    /// <summary>The read ends of <paramref name="tail"/>'s stdout and stderr pipes, -1 for one at end of file (read with the gate closed).</summary>
-    public (int Stdout, int Stderr) PipesOf(OutputTail tail) => (_stdout.FdOf(tail), _stderr.FdOf(tail));
+    /// <summary>
+    /// Every pipe still relayed, by the tail it feeds: (tail, stdout read end or -1, stderr read end or -1). All of
+    /// them, of generations long gone from the loop's view too (a daemonized grandchild may still write to one).
+    /// Read with the gate closed.
+    /// </summary>
+    public List<(OutputTail Tail, int Stdout, int Stderr)> Pipes()
+    {
+        var stdout = _stdout.Sources();
+        var stderr = _stderr.Sources();
+        return stdout.Keys.Union(stderr.Keys)
+            .Select(tail => (tail, stdout.GetValueOrDefault(tail, -1), stderr.GetValueOrDefault(tail, -1))).ToList();
+    }
 
     /// <summary>Relays pipes an earlier image made (an in-place upgrade); -1 for one that had reached end of file.</summary>
     public void Adopt(int stdoutRead, int stderrRead, OutputTail tail)
@@ -87,9 +101,9 @@ internal sealed class OutputRelay(IntakeGate gate)
     }
 
     /// <summary>Makes the two pipes of a new generation: (child's stdout write end, child's stderr write end, tail).</summary>
-    public (int StdoutWrite, int StderrWrite, OutputTail Tail) Start()
+    public (int StdoutWrite, int StderrWrite, OutputTail Tail) Start(int generation)
     {
-        var tail = new OutputTail();
+        var tail = new OutputTail(generation);
         var stdout = Pipe();
         (int Read, int Write) stderr;
         try
@@ -153,12 +167,9 @@ internal sealed class OutputRelay(IntakeGate gate)
             new Thread(Loop) { IsBackground = true, Name = threadName }.Start();
         }
 
-        public int FdOf(OutputTail tail)
+        public Dictionary<OutputTail, int> Sources()
         {
-            lock (_lock)
-                foreach (var (fd, t) in _sources)
-                    if (ReferenceEquals(t, tail)) return fd;
-            return -1;
+            lock (_lock) return _sources.ToDictionary(pair => pair.Value, pair => pair.Key); // a tail is equal only to itself
         }
 
         public void Add(int readFd, OutputTail tail)

@@ -32,10 +32,11 @@ internal static unsafe class ExecImage
                 return ErrorNumbers.Last is var e && e != 0 ? e : ErrorNumbers.EINVAL;
             var environment = ProcessEnvironment.Read().Where(e => e.Key != StateVariable).Select(e => $"{e.Key}={e.Value}")
                 .Append($"{StateVariable}={memfd.ToString(CultureInfo.InvariantCulture)}").ToList();
-            foreach (var fd in crossing) Libc.SetCloseOnExec(fd, false);
             using var nativeArgv = new NativeStringArray(argv);
             using var nativeEnvironment = new NativeStringArray(environment);
             var nativePath = Encoding.UTF8.GetBytes(path + "\0");
+            // Nothing between clearing the flags and putting them back can throw.
+            foreach (var fd in crossing) Libc.SetCloseOnExec(fd, false);
             fixed (byte* p = nativePath) Libc.execve(p, nativeArgv.Pointer, nativeEnvironment.Pointer);
             var errno = ErrorNumbers.Last;
             foreach (var fd in crossing) Libc.SetCloseOnExec(fd, true);

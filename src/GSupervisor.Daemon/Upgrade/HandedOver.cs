@@ -9,30 +9,41 @@ namespace GSupervisor.Daemon.Upgrade;
 /// </summary>
 internal static class HandedOver
 {
+    /// <summary>What the upgrade check runs in the new binary: everything below that reads the document, without the fds.</summary>
+    /// <exception cref="UpgradeStateException">Something in it this version cannot take over.</exception>
+    public static void Check(UpgradeState carried, SupervisorPolicy policy)
+    {
+        foreach (var l in carried.Listeners) Listener(l);
+        Machine(carried, policy);
+    }
+
     public static List<BoundListener> Listeners(UpgradeState carried)
     {
-        var listeners = new List<BoundListener>();
-        foreach (var l in carried.Listeners)
-        {
-            if (!ListenSpec.TryParse(l.Spec, out var spec, out var error))
-                throw new UpgradeStateException($"listener '{l.Spec}' (fd {l.Fd}): {error}");
-            listeners.Add(new BoundListener(spec! with { Name = l.Name }, l.Fd, l.Address, l.UnixPathToRemove, l.UnixInode));
-        }
+        var listeners = carried.Listeners.Select(Listener).ToList();
         ExecImage.MarkCloseOnExec([.. listeners.Select(l => l.Fd), carried.NotifyFd, carried.HandoffFd, carried.ControlFd]);
         return listeners;
     }
 
-    public static LoopState LoopState(UpgradeState carried, SupervisorPolicy policy, OutputRelay output, IntakeGate gate)
+    private static BoundListener Listener(ListenerState l) =>
+        ListenSpec.TryParse(l.Spec, out var spec, out var error)
+            ? new BoundListener(spec! with { Name = l.Name }, l.Fd, l.Address, l.UnixPathToRemove, l.UnixInode)
+            : throw new UpgradeStateException($"listener '{l.Spec}' (fd {l.Fd}): {error}");
+
+    private static SupervisorStateMachine Machine(UpgradeState carried, SupervisorPolicy policy)
     {
-        SupervisorStateMachine machine;
         try
         {
-            machine = SupervisorStateMachine.Import(policy, TimeProvider.System, carried.Machine);
+            return SupervisorStateMachine.Import(policy, TimeProvider.System, carried.Machine);
         }
         catch (SnapshotException e)
         {
             throw new UpgradeStateException(e.Message);
         }
+    }
+
+    public static LoopState LoopState(UpgradeState carried, SupervisorPolicy policy, OutputRelay output, IntakeGate gate)
+    {
+        var machine = Machine(carried, policy);
         var state = new LoopState(machine)
         {
             Interrupts = carried.Interrupts,
@@ -48,9 +59,9 @@ internal static class HandedOver
         foreach (var o in carried.Outputs)
         {
             ExecImage.MarkCloseOnExec(new[] { o.StdoutFd, o.StderrFd }.Where(fd => fd >= 0));
-            var tail = new OutputTail((o.StdoutFd >= 0 ? 1 : 0) + (o.StderrFd >= 0 ? 1 : 0), o.Tail);
+            var tail = new OutputTail(o.Generation, (o.StdoutFd >= 0 ? 1 : 0) + (o.StderrFd >= 0 ? 1 : 0), o.Tail);
             output.Adopt(o.StdoutFd, o.StderrFd, tail);
-            state.OutputTails[o.Generation] = tail;
+            state.OutputTails[o.Generation] = tail; // the older ones go at the next spawn, as they would have
         }
         foreach (var w in carried.ReloadWaiters)
             state.ReloadWaiters.Add((w.MinGeneration, Request(w.Fd, "reload wait")));

@@ -172,8 +172,7 @@ internal sealed partial class UpgradeCheck
             using var input = new MemoryStream();
             using (var stdin = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read))
                 stdin.CopyTo(input);
-            var state = UpgradeState.FromJson(input.ToArray());
-            SupervisorStateMachine.Import(settings.Policy, TimeProvider.System, state.Machine);
+            HandedOver.Check(UpgradeState.FromJson(input.ToArray()), settings.Policy);
             stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"gsupervisor-upgrade-check: ok version={CommandLineReader.Version} format={UpgradeState.CurrentFormat}"));
             return ExitCodes.Ok;
         }
@@ -182,7 +181,7 @@ internal sealed partial class UpgradeCheck
             stdout.WriteLine($"gsupervisor-upgrade-check: gsupervisor {CommandLineReader.Version} is not installed completely: {e.Message}");
             return e.ExitCode;
         }
-        catch (Exception e) when (e is UpgradeStateException or SnapshotException or IOException)
+        catch (Exception e) when (e is UpgradeStateException or IOException)
         {
             stdout.WriteLine($"gsupervisor-upgrade-check: gsupervisor {CommandLineReader.Version} cannot take over this state: {e.Message}");
             return ExitCodes.Software;

@@ -163,7 +163,7 @@ internal static class UpgradeStateJson
             s.Listeners = d.Array("listeners", l => new ListenerState
             {
                 Spec = l.String("spec") ?? "", Name = l.String("name"), Fd = l.Int("fd", -1), Address = l.String("address") ?? "",
-                UnixPathToRemove = l.String("unixPathToRemove"), UnixInode = (ulong)(l.Long("unixInode") ?? 0),
+                UnixPathToRemove = l.String("unixPathToRemove"), UnixInode = l.ULong("unixInode"),
             });
             s.RuntimeDirectory = d.String("runtimeDirectory") ?? s.RuntimeDirectory;
             s.NotifyFd = d.Int("notifyFd", -1);
@@ -250,6 +250,10 @@ internal static class UpgradeStateJson
         public long? Long(string name) => Get(name, JsonValueKind.Number) is { } v
             ? v.TryGetInt64(out var l) ? l : throw new UpgradeStateException($"{where}: \"{name}\" is not a 64-bit integer")
             : null;
+
+        public ulong ULong(string name) => Get(name, JsonValueKind.Number) is { } v
+            ? v.TryGetUInt64(out var u) ? u : throw new UpgradeStateException($"{where}: \"{name}\" is not an unsigned 64-bit integer")
+            : 0;
 
         public string? String(string name) => Get(name, JsonValueKind.String)?.GetString();
 

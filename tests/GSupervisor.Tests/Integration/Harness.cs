@@ -247,9 +247,11 @@ internal sealed partial class SupervisorProcess : IDisposable
     /// <summary>The daemon's default control socket: each test's supervisor gets an XDG_RUNTIME_DIR of its own.</summary>
     public string ControlPath => System.IO.Path.Combine(_runtimeDirectory, "gsupervisor", "control.sock");
 
+    /// <param name="program">The program to start: a copy of gsupervisor, or with <paramref name="prefix"/> a wrapper (unshare, setpriv).</param>
+    /// <param name="binary">With a wrapper: the gsupervisor it runs, when not the installed one.</param>
     public static SupervisorProcess Start(IEnumerable<string> arguments, string? workingDirectory = null,
         IDictionary<string, string>? environment = null, string? program = null, IEnumerable<string>? prefix = null,
-        bool childPidsAreOurs = true)
+        bool childPidsAreOurs = true, string? binary = null)
     {
         var info = new ProcessStartInfo(program ?? Paths.Supervisor)
         {
@@ -260,7 +262,7 @@ internal sealed partial class SupervisorProcess : IDisposable
             WorkingDirectory = workingDirectory ?? System.IO.Path.GetTempPath(),
         };
         foreach (var a in prefix ?? []) info.ArgumentList.Add(a);
-        if (program is not null && prefix is not null) info.ArgumentList.Add(Paths.Supervisor);
+        if (program is not null && prefix is not null) info.ArgumentList.Add(binary ?? Paths.Supervisor);
         foreach (var a in arguments) info.ArgumentList.Add(a);
         var runtimeDirectory = Directory.CreateTempSubdirectory("gsv-run-").FullName;
         info.Environment["XDG_RUNTIME_DIR"] = runtimeDirectory;

@@ -141,6 +141,29 @@ public class UpgradeTests
     }
 
     [Test]
+    public void Output_of_generations_that_drain_on_long_after_their_reload_still_flows_after_an_upgrade()
+    {
+        // Five reloads of a child that ignores SIGTERM: generations 1 to 5 drain (for a minute), 6 serves. The loop
+        // keeps the last output of the newest four only, yet every pipe still written to must cross the exec.
+        using var supervisor = SupervisorProcess.Start(["--ready", "delay:100ms", "--stop-timeout", "60s", "--", "/bin/sh", "-c",
+            "trap '' TERM; while true; do echo \"tick of $GSUPERVISOR_GENERATION\"; sleep 0.05; done"]);
+        supervisor.WaitForReady(1);
+        for (var generation = 2; generation <= 6; generation++)
+        {
+            supervisor.Signal(SIGUSR2);
+            supervisor.WaitForLine($"reload succeeded: generation {generation} ", Long);
+        }
+        Assert.That(Upgrade(supervisor).Code, Is.EqualTo(0));
+        var upgraded = supervisor.LineCount;
+        supervisor.WaitForLine("^tick of 1$", Long, after: upgraded);
+        Assert.That(supervisor.Lines.Skip(upgraded).Any(l => l.Contains("generation 1 (pid") && l.Contains("exited")), Is.False,
+            "generation 1 lives on, not ended by a broken pipe");
+        supervisor.Signal(SIGTERM);
+        foreach (var pid in supervisor.ChildPids) Native.Kill(-pid, SIGKILL); // rather than wait out the minute of drain
+        Assert.That(supervisor.WaitForExit(Long), Is.EqualTo(0));
+    }
+
+    [Test]
     public void A_broken_missing_or_unexecutable_binary_is_refused_and_the_running_one_serves_on()
     {
         using var dir = new TempDirectory();
@@ -399,6 +422,30 @@ public class UpgradeTests
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(first.WaitForExit(Long), Is.EqualTo(0));
         Assert.That(second.WaitForExit(Long), Is.EqualTo(0));
+    }
+
+    [Test]
+    public void Upgrade_all_as_root_reaches_a_daemon_that_runs_as_another_user()
+    {
+        Assert.That(Native.GetEffectiveUserId(), Is.EqualTo(0u), "make test runs as root");
+        using var dir = new TempDirectory();
+        File.SetUnixFileMode(dir.Path, (UnixFileMode)0b111_101_101); // the copy must be reachable by nobody
+        var binary = CopyInstalled(dir);
+        var run = dir.File("run");
+        Directory.CreateDirectory(run);
+        Assert.That(Command.Run("chown", ["65534:65534", run]).Code, Is.EqualTo(0));
+        var control = Path.Combine(run, "control.sock");
+        using var supervisor = SupervisorProcess.Start(["--control", control, "--ready", "delay:100ms", "--", "/bin/sleep", "600"],
+            program: "/usr/bin/setpriv", prefix: ["--reuid=65534", "--regid=65534", "--clear-groups"], binary: binary);
+        supervisor.WaitForReady(1);
+
+        var (code, stdout, stderr) = Verb.Run(["upgrade", "--all"], program: binary);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain($"pid {supervisor.Pid}: upgraded: "));
+        Assert.That(File.ReadAllLines($"/proc/{supervisor.Pid}/status").Single(l => l.StartsWith("Uid:", StringComparison.Ordinal)), Does.Contain("65534"));
+        (code, _, stderr) = Verb.Run(["stop", "--all"], program: binary);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(supervisor.WaitForExit(Long), Is.EqualTo(0));
     }
 
     [Test]
