@@ -188,7 +188,7 @@ internal static class ControlClient
             stderr.WriteLine("gsupervisor: --all and --control conflict: --all finds each daemon's control socket itself");
             return ExitCodes.Usage;
         }
-        var executable = Os.RunningSupervisors.ThisExecutable();
+        var executable = Os.Installation.Executable;
         var daemons = Os.RunningSupervisors.Of(executable);
         if (daemons.Count == 0)
         {
@@ -212,7 +212,7 @@ internal static class ControlClient
             stderr.WriteLine("gsupervisor: --all and --control conflict: --all finds each daemon's control socket itself");
             return ExitCodes.Usage;
         }
-        var daemons = Os.RunningSupervisors.Of(Os.RunningSupervisors.ThisExecutable());
+        var daemons = Os.RunningSupervisors.Of(Os.Installation.Executable);
         var worst = ExitCodes.Ok;
         foreach (var daemon in daemons)
         {

@@ -18,9 +18,13 @@ if (!isVerb && !isUpgradeCheck) RuntimeKnobs.MoveAsideAndReexec(args);
 using var signals = isVerb || isUpgradeCheck ? null : SupervisorSignals.Install();
 
 // Mono.Posix's native half ships beside the binary (Native AOT does not embed it); without it nothing below works.
-if (!System.Runtime.InteropServices.NativeLibrary.TryLoad("MonoPosixHelper", typeof(Mono.Unix.Native.Syscall).Assembly, null, out _))
+if (!Installation.LoadMonoPosixHelper())
 {
-    Libc.WriteLine(2, $"gsupervisor: cannot load libMonoPosixHelper.so from {AppContext.BaseDirectory}, where it ships beside the gsupervisor binary; reinstall gsupervisor");
+    var problem = $"cannot load libMonoPosixHelper.so from {Installation.Directory}, where it ships beside the gsupervisor binary; reinstall gsupervisor";
+    Libc.WriteLine(2, $"gsupervisor: {problem}");
+    // An in-place upgrade to this binary: back to the earlier one, which goes on (Upgrade/ExecImage.cs).
+    if (!isVerb && !isUpgradeCheck && ExecImage.TakeState() is { } handedOver)
+        ExecImage.ReturnToEarlierImage(handedOver, [], problem, [Environment.GetCommandLineArgs()[0], .. args]);
     return ExitCodes.OsFile;
 }
 
@@ -75,11 +79,16 @@ List<BoundListener>? listeners = null;
 RuntimeDirectory? runtimeDirectory = null;
 ControlServer? control = null;
 Spawner? spawner = null;
+// Started by an in-place upgrade: the earlier image's state, from the memfd it left (Upgrade/ExecImage.cs); and
+// whether this image has taken over from it (until then, a failure returns to the earlier image).
+byte[]? handedOverState = null;
+UpgradeState? carried = null;
+var tookOver = false;
 try
 {
-    // Started by an in-place upgrade: the earlier image's state, from the memfd it left (Upgrade/ExecImage.cs).
-    var carried = ExecImage.TakeState() is { } json ? UpgradeState.FromJson(json) : null;
-    var executable = RunningSupervisors.ThisExecutable(); // what `gsupervisor upgrade` execs, as it is on disk then
+    handedOverState = ExecImage.TakeState();
+    carried = handedOverState is null ? null : UpgradeState.FromJson(handedOverState);
+    var executable = Installation.Executable; // what `gsupervisor upgrade` execs, as it is on disk then
     var gate = new IntakeGate();
     var output = new OutputRelay(gate);
     LoopState state;
@@ -130,7 +139,7 @@ try
             logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
         if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
     }
-    else
+    else if (ExecImage.FailedUpgrade is null)
     {
         logger.Information("gsupervisor {Version} (pid {Pid}) took over in place from gsupervisor {From}: {Listeners} listeners, supervising {Command}",
             CommandLineReader.Version, Environment.ProcessId, carried.WrittenBy, listeners.Count, string.Join(' ', settings.Command));
@@ -138,13 +147,19 @@ try
     if (!signals!.AllThreadsBlock)
         logger.Debug("not every thread blocks the supervisor's signals; a signal that comes during an upgrade's exec may be lost");
 
+    ExecImage.DropFallback();
+    tookOver = true;
     return host.Run();
 }
-catch (UpgradeStateException e)
+catch (Exception e) when (handedOverState is not null && !tookOver)
 {
-    // Only a check that passed leads here, so this is a bug: say so loudly. The children get their stop signal
-    // from the kernel (parent-death signal) once this process is gone.
-    logger.Fatal("cannot take over from the earlier image: {Problem}; exiting", e.Message);
+    // Only a check that passed leads here, so this is a bug, or the installation changed since the check: the
+    // earlier image takes over again rather than every child ending with this process.
+    var problem = e is StartupException or UpgradeStateException ? e.Message : e.ToString();
+    logger.Error("gsupervisor {Version} cannot take over from the earlier image: {Problem}; returning to it", CommandLineReader.Version, problem);
+    logStream.Drain(TimeSpan.FromSeconds(2));
+    var errno = ExecImage.ReturnToEarlierImage(handedOverState, carried?.CrossingFds() ?? [], e.Message, [Environment.GetCommandLineArgs()[0], .. args]);
+    logger.Fatal("cannot return to the earlier image either ({Error}); exiting", ErrorNumbers.Describe(errno));
     return ExitCodes.Software;
 }
 catch (StartupException e)
@@ -163,7 +178,7 @@ finally
 {
     try
     {
-        // Only an exit gets here: a successful upgrade's exec never returns.
+        // Only an exit gets here: a successful exec (an upgrade's, or the return to the earlier image) never returns.
         if (listeners is not null) Listeners.CloseAll(listeners);
         spawner?.Dispose();
         runtimeDirectory?.Dispose();

@@ -176,7 +176,7 @@ internal sealed partial class SupervisorHost
             _log.Information("exec {Executable} (gsupervisor {New}) in place of gsupervisor {Old}, pid {Pid}, after {Took}",
                 _parts.Executable, newVersion, CommandLineReader.Version, Environment.ProcessId, Duration.Format(_machine.Now - upgrade.RequestedAt));
             _parts.FlushLog(TimeSpan.FromSeconds(2));
-            var errno = ExecImage.Exec(_parts.Executable, [_parts.Executable, .. _parts.Arguments], CrossingFds(state), json);
+            var errno = ExecImage.Exec(_parts.Executable, [_parts.Executable, .. _parts.Arguments], state.CrossingFds(), json);
             reason = $"exec {_parts.Executable} failed: {ErrorNumbers.Describe(errno)}";
         }
         catch (Exception e)
@@ -243,18 +243,13 @@ internal sealed partial class SupervisorHost
             .ToList();
     }
 
-    private static List<int> CrossingFds(UpgradeState state) =>
-    [
-        .. state.Listeners.Select(l => l.Fd), state.NotifyFd, state.HandoffFd, state.ControlFd,
-        .. state.HandoffConnections.Select(c => c.Fd),
-        .. state.Outputs.SelectMany(o => new[] { o.StdoutFd, o.StderrFd }).Where(fd => fd >= 0),
-        .. state.ReloadWaiters.Select(w => w.Fd), .. state.UpgradeWaiterFds,
-        .. state.Deferred.Where(d => d.ControlFd is not null).Select(d => d.ControlFd!.Value),
-    ];
-
-    /// <summary>Step 4 of the overview, in the new image.</summary>
+    /// <summary>Step 4 of the overview, in the new image; or, should the new image have returned to this one, the refusal.</summary>
     private int? ResumeAfterUpgrade(UpgradeState carried)
     {
+        if (ExecImage.FailedUpgrade is { } failure)
+        {
+            return RefuseUpgrade($"the new binary could not take over and returned to this one: {failure}") ?? Execute(_machine.Tick());
+        }
         _state.Upgrades = carried.Upgrades + 1;
         var requestedAt = TimeSpan.FromMicroseconds(carried.RequestedAtUs - _machine.OriginMonotonicMicroseconds);
         var took = _machine.Now - requestedAt;

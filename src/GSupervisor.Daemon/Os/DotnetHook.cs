@@ -15,7 +15,7 @@ internal static class DotnetHook
     /// <summary>The hook to name for children running as <paramref name="user"/> (null: the supervisor's own user), or null and why not.</summary>
     public static string? Locate(ChildUser? user, out string? problem)
     {
-        var path = Path.Combine(AppContext.BaseDirectory, "dotnet", "GSupervisor.StartupHook.dll");
+        var path = Path.Combine(Installation.Directory, "dotnet", "GSupervisor.StartupHook.dll");
         problem = null;
         if (!File.Exists(path))
             problem = $"the .NET integration is not installed at {path}: .NET children run without the injected drain; reinstall gsupervisor, or pass --no-inject";

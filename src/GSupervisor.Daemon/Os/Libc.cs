@@ -143,6 +143,26 @@ internal static unsafe partial class Libc
         return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
     }
 
+    /// <summary>Writes all of <paramref name="bytes"/> (again after EINTR); false if the fd took fewer. Plain libc, for code that runs when Mono.Posix may not load.</summary>
+    public static bool WriteAll(int fd, ReadOnlySpan<byte> bytes)
+    {
+        fixed (byte* p = bytes)
+        {
+            var written = 0;
+            while (written < bytes.Length)
+            {
+                var n = write(fd, p + written, (nuint)(bytes.Length - written));
+                if (n < 0 && ErrorNumbers.Last == ErrorNumbers.EINTR) continue;
+                if (n <= 0) return false;
+                written += (int)n;
+            }
+        }
+        return true;
+    }
+
+    [LibraryImport(Lib, EntryPoint = "lseek", SetLastError = true)]
+    public static partial long lseek(int fd, long offset, int whence);
+
     [LibraryImport(Lib, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int memfd_create(string name, uint flags);
 

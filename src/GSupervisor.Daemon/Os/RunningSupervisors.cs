@@ -19,13 +19,6 @@ internal static class RunningSupervisors
 {
     private const string Deleted = " (deleted)";
 
-    /// <summary>The binary this process runs from, by the name it has on disk (even if a package replaced the file since).</summary>
-    public static string ThisExecutable()
-    {
-        var path = Environment.ProcessPath ?? Mono.Unix.UnixPath.ReadLink("/proc/self/exe");
-        return path.EndsWith(Deleted, StringComparison.Ordinal) ? path[..^Deleted.Length] : path;
-    }
-
     public static List<RunningSupervisor> Of(string executable)
     {
         var found = new List<RunningSupervisor>();

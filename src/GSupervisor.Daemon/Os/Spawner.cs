@@ -60,7 +60,7 @@ internal sealed unsafe class Spawner : IDisposable
     /// </summary>
     public static Spawner Open(int reservedBelow)
     {
-        var path = Path.Combine(AppContext.BaseDirectory, HelperName);
+        var path = Installation.File(HelperName);
         if (!Directory.Exists("/proc/self/fd"))
             throw new StartupException(ExitCodes.OsFile, "/proc is not mounted; gsupervisor needs it to start children (mount proc on /proc)");
         var fd = Libc.open(path, Libc.O_RDONLY | Libc.O_CLOEXEC);

@@ -64,8 +64,7 @@ internal sealed partial class UpgradeCheck
             Libc.posix_spawnattr_setpgroup(attr, 0); // its own group: a signal to a generation's group never reaches it
             Libc.posix_spawnattr_setflags(attr, Libc.POSIX_SPAWN_SETSIGDEF | Libc.POSIX_SPAWN_SETSIGMASK | Libc.POSIX_SPAWN_SETPGROUP);
             using var argv = new NativeStringArray([executable, Flag, .. arguments]);
-            using var environment = new NativeStringArray(ProcessEnvironment.Read()
-                .Where(e => e.Key != ExecImage.StateVariable).Select(e => $"{e.Key}={e.Value}").ToList());
+            using var environment = new NativeStringArray(ExecImage.SupervisorEnvironment().ToList());
             var path = Encoding.UTF8.GetBytes(executable + "\0");
             fixed (byte* p = path)
             {

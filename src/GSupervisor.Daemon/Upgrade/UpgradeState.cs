@@ -48,6 +48,16 @@ internal sealed class UpgradeState
     public string? AddedInTestBuild { get; set; } = "added by the test build";
 #endif
 
+    /// <summary>The fds the document names, which cross the exec.</summary>
+    public List<int> CrossingFds() =>
+    [
+        .. Listeners.Select(l => l.Fd), NotifyFd, HandoffFd, ControlFd,
+        .. HandoffConnections.Select(c => c.Fd),
+        .. Outputs.SelectMany(o => new[] { o.StdoutFd, o.StderrFd }).Where(fd => fd >= 0),
+        .. ReloadWaiters.Select(w => w.Fd), .. UpgradeWaiterFds,
+        .. Deferred.Where(d => d.ControlFd is not null).Select(d => d.ControlFd!.Value),
+    ];
+
     /// <summary>The document (see UpgradeStateJson for how each field is written and read).</summary>
     public byte[] ToJson() => UpgradeStateJson.Write(this);
 

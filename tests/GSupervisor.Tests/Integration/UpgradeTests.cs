@@ -290,6 +290,50 @@ public class UpgradeTests
     }
 
     [Test]
+    public void A_new_image_that_passes_its_check_but_cannot_take_over_returns_to_the_earlier_one()
+    {
+        using var dir = new TempDirectory();
+        var binary = CopyInstalled(dir);
+        // A complete copy answers the check; the exec then goes to one without its exec helper (as if the package
+        // had lost it since), or without libMonoPosixHelper.so: the new image fails at start, as it would.
+        var checker = Path.Combine(dir.Path, "checker");
+        var noHelper = Path.Combine(dir.Path, "no-helper");
+        var noLibrary = Path.Combine(dir.Path, "no-library");
+        foreach (var (target, files) in new[] { (checker, Files), (noHelper, Files[..1].Append(Files[2]).ToArray()), (noLibrary, Files[..2]) })
+        {
+            Directory.CreateDirectory(target);
+            foreach (var file in files) File.Copy(Path.Combine(dir.File("lib"), file), Path.Combine(target, file));
+        }
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--", Paths.TestChild], program: binary);
+        var port = supervisor.WaitForPort();
+        var child = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        var verb = Path.Combine(checker, "gsupervisor");
+
+        foreach (var (broken, missing) in new[] { (noHelper, "gsupervisor-exec"), (noLibrary, "libMonoPosixHelper.so") })
+        {
+            WriteScript(binary, $"""
+                if [ "$1" = --upgrade-check ]; then exec {verb} "$@"; fi
+                exec {broken}/gsupervisor "$@"
+                """, shell: "/bin/bash");
+            var (code, _, stderr) = Upgrade(supervisor, verb);
+            Assert.That(code, Is.EqualTo(1), stderr);
+            Assert.That(stderr, Does.Contain("upgrade refused: the new binary could not take over and returned to this one: ").And.Contain(missing));
+            Assert.That(supervisor.HasExited, Is.False);
+            Assert.That(Http.Get(port), Is.EqualTo($"pid={child} gen=1"), "the same child serves");
+            var status = Status(supervisor, verb);
+            Assert.That(status.GetProperty("upgrades").GetInt32(), Is.Zero);
+            Assert.That(status.GetProperty("executable").GetString(), Is.EqualTo(binary));
+        }
+
+        // The earlier image goes on as before: a reload, then an upgrade that works.
+        Assert.That(Verb.Run(["reload", "--wait", "--control", supervisor.ControlPath], program: verb).Code, Is.EqualTo(0));
+        ReplaceFile(verb, binary);
+        Assert.That(Upgrade(supervisor, verb).Code, Is.EqualTo(0));
+        Assert.That(Status(supervisor, verb).GetProperty("upgrades").GetInt32(), Is.EqualTo(1));
+    }
+
+    [Test]
     public void An_upgrade_while_a_generation_drains_keeps_that_drains_deadline()
     {
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--stop-timeout", "4s", "--", Paths.TestChild, "--ignore-term"]);
