@@ -30,10 +30,9 @@ internal sealed partial class SupervisorHost
     /// <summary>How long the hand-over may wait for the threads that take input to finish what they are taking.</summary>
     private static readonly TimeSpan GateCloseTimeout = TimeSpan.FromSeconds(5);
 
-    private sealed class UpgradeAttempt(TimeSpan requestedAt, string source)
+    private sealed class UpgradeAttempt(TimeSpan requestedAt)
     {
         public TimeSpan RequestedAt { get; } = requestedAt;
-        public string Source { get; } = source;
         public bool SaidWaiting { get; set; }
         /// <summary>Set once the check runs: from then on, signals and reload/stop requests wait.</summary>
         public UpgradeCheck? Check { get; set; }
@@ -67,7 +66,7 @@ internal sealed partial class SupervisorHost
             _log.Information("upgrade requested again; one is already under way");
             return null;
         }
-        _upgrade = new UpgradeAttempt(_machine.Now, "gsupervisor upgrade");
+        _upgrade = new UpgradeAttempt(_machine.Now);
         _log.Information("upgrade requested: {Executable} is to take over in place (pid {Pid} stays, the children are not touched)", _parts.Executable, Environment.ProcessId);
         return AdvanceUpgrade();
     }
