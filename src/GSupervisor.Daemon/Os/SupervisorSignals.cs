@@ -40,9 +40,7 @@ internal sealed unsafe partial class SupervisorSignals : IDisposable
     public static SupervisorSignals Install()
     {
         var set = stackalloc byte[Libc.SigsetBytes];
-        Libc.sigemptyset(set);
-        foreach (var signal in Handled) Libc.sigaddset(set, signal);
-        Libc.pthread_sigmask(SIG_BLOCK, set, null);
+        BlockOnThisThread(set);
         BlockOnFinalizerThread();
         var fd = signalfd(-1, set, SFD_CLOEXEC | SFD_NONBLOCK);
         var signals = new SupervisorSignals(fd);
@@ -115,10 +113,16 @@ internal sealed unsafe partial class SupervisorSignals : IDisposable
         ~BlockSignalsWhenFinalized()
         {
             var set = stackalloc byte[Libc.SigsetBytes];
-            Libc.sigemptyset(set);
-            foreach (var signal in Handled) Libc.sigaddset(set, signal);
-            Libc.pthread_sigmask(SIG_BLOCK, set, null);
+            BlockOnThisThread(set);
         }
+    }
+
+    /// <summary>Fills <paramref name="set"/> with the handled signals and blocks them on the calling thread.</summary>
+    private static void BlockOnThisThread(byte* set)
+    {
+        Libc.sigemptyset(set);
+        foreach (var signal in Handled) Libc.sigaddset(set, signal);
+        Libc.pthread_sigmask(SIG_BLOCK, set, null);
     }
 
     /// <summary>Reads every thread's SigBlk from /proc/self/task.</summary>
