@@ -35,14 +35,10 @@ internal static unsafe partial class Installation
     }
 
     /// <summary>
-    /// Loads libMonoPosixHelper.so from <see cref="Directory"/> and makes Mono.Posix's P/Invokes use it; false if
-    /// it is not there.
+    /// Loads libMonoPosixHelper.so from <see cref="Directory"/>; false if it is not there. Mono.Posix's P/Invokes
+    /// then find it by name wherever the runtime looks: the dynamic loader matches a loaded library's soname,
+    /// libMonoPosixHelper.so. (No DllImportResolver: under Native AOT, threads that bound their first calls
+    /// through one at once crashed, once in a few hundred upgrades.)
     /// </summary>
-    public static bool LoadMonoPosixHelper()
-    {
-        if (!NativeLibrary.TryLoad(File("libMonoPosixHelper.so"), out var handle)) return false;
-        NativeLibrary.SetDllImportResolver(typeof(Mono.Unix.Native.Syscall).Assembly,
-            (name, _, _) => name == "MonoPosixHelper" ? handle : 0);
-        return true;
-    }
+    public static bool LoadMonoPosixHelper() => NativeLibrary.TryLoad(File("libMonoPosixHelper.so"), out _);
 }
