@@ -23,9 +23,19 @@ public sealed record SupervisorPolicy
     public TimeSpan RestartBackoffMax { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>A generation that served this long before dying resets the restart backoff.</summary>
     public TimeSpan StableAfter { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// How long a reloaded generation serves beside its predecessor before the predecessor is stopped (--probation).
+    /// Zero: the predecessor is stopped as soon as its successor is ready.
+    /// </summary>
+    public TimeSpan Probation { get; init; } = TimeSpan.Zero;
 }
 
-public enum GenerationState { Starting, Ready, Draining, Exited }
+/// <summary>
+/// Where a generation is in its life. <see cref="Probation"/>: ready and serving beside the generation it is to
+/// replace, which is stopped only once the probation passes; a generation on probation that exits or reports
+/// failure is stopped instead, and its predecessor serves on (a rollback).
+/// </summary>
+public enum GenerationState { Starting, Probation, Ready, Draining, Exited }
 
 /// <summary>Why a generation was started.</summary>
 public enum GenerationCause { Initial, Reload, Restart }
@@ -86,6 +96,8 @@ public abstract record SupervisorEvent
     public sealed record StatusReported(int Generation, string Status) : SupervisorEvent;
     public sealed record DrainAnnounced(int Generation, string Description) : SupervisorEvent;
     public sealed record StoppingReported(int Generation) : SupervisorEvent;
+    /// <summary>The generation says it has failed (sd_notify's <c>WATCHDOG=trigger</c>); its STATUS= says why, when it said.</summary>
+    public sealed record FailureReported(int Generation, string Channel) : SupervisorEvent;
 }
 
 /// <summary>Outputs of <see cref="SupervisorStateMachine"/>: what the OS edge must do.</summary>
@@ -102,6 +114,13 @@ public abstract record SupervisorEffect
     public sealed record ShuttingDown : SupervisorEffect;
     /// <summary>The first generation is ready: the service is up.</summary>
     public sealed record ServiceReady(int Generation, int Pid) : SupervisorEffect;
+    /// <summary>
+    /// Generation <paramref name="Generation"/> is ready and on probation for <paramref name="Length"/> beside
+    /// <paramref name="Predecessor"/>, which keeps serving; the reload finishes when the probation ends.
+    /// </summary>
+    public sealed record ProbationStarted(int Generation, TimeSpan Length, int Predecessor) : SupervisorEffect;
+    /// <summary>Generation <paramref name="Generation"/>'s probation is over and it serves alone (its predecessor is stopping, or gone).</summary>
+    public sealed record ProbationPassed(int Generation) : SupervisorEffect;
     /// <summary>
     /// A generation's process is gone: release what is tied to it (handoff connections), and end whatever is left
     /// of the process group <paramref name="Pid"/> leads, so no orphaned worker keeps serving old code on the

@@ -6,11 +6,15 @@
 // log, exit. It makes no OS calls and reads time only from the TimeProvider it is given, so the protocol is
 // unit-tested with a fake clock.
 //
-// Generations move Starting -> Ready -> Draining -> Exited. Invariants:
-//   * at most one generation is Starting and at most one is Ready (the serving one);
-//   * a serving generation is stopped only after its successor is Ready: a failed reload (the new child
-//     exits or misses its ready timeout) stops the new child and leaves the serving one alone;
-//   * reload requests that arrive while a generation is starting collapse into one that runs after it;
+// Generations move Starting -> [Probation ->] Ready -> Draining -> Exited. Invariants:
+//   * at most one generation is Starting or on Probation (the newcomer), and at most one is Ready (the serving
+//     one);
+//   * a serving generation is stopped only after its successor is Ready, which with --probation D means after
+//     the successor has served beside it for D without exiting or reporting failure (WATCHDOG=trigger); only a
+//     shutdown stops it sooner. A failed reload (the new child exits, misses its ready timeout, or fails its
+//     probation) stops the new child and leaves the serving one alone: a rollback;
+//   * reload requests that arrive while a generation is starting or on probation collapse into one that runs
+//     after it;
 //   * any number of generations may drain at once, each with its own stop deadline (then SIGKILL);
 //   * a generation is its process group: the stop signal and SIGKILL go to the whole group, and a draining
 //     generation whose leader exits drains on until its group is empty (KillMode=control-group).
@@ -111,8 +115,10 @@ public sealed class SupervisorStateMachine
             if (g.State != GenerationState.Starting && g.Pid is null) throw new SnapshotException($"generation {s.Number} is {s.State} without a pid");
             machine._generations.Add(g);
         }
-        if (machine._generations.Count(g => g.State == GenerationState.Starting) > 1 || machine._generations.Count(g => g.State == GenerationState.Ready) > 1)
-            throw new SnapshotException("more than one generation starting, or more than one serving");
+        if (machine._generations.Count(g => g.State is GenerationState.Starting or GenerationState.Probation) > 1 || machine._generations.Count(g => g.State == GenerationState.Ready) > 1)
+            throw new SnapshotException("more than one generation starting or on probation, or more than one serving");
+        if (machine.OnProbation is { Deadline: null } || machine.OnProbation is not null && machine.Serving is null)
+            throw new SnapshotException("a generation on probation without its end, or without a predecessor serving");
         return machine;
     }
 
@@ -135,6 +141,8 @@ public sealed class SupervisorStateMachine
     public IReadOnlyList<Generation> Generations => _generations;
     public Generation? Serving => _generations.FirstOrDefault(g => g.State == GenerationState.Ready);
     public Generation? Starting => _generations.FirstOrDefault(g => g.State == GenerationState.Starting);
+    /// <summary>The generation serving on probation beside <see cref="Serving"/>, if any; its Deadline is the probation's end.</summary>
+    public Generation? OnProbation => _generations.FirstOrDefault(g => g.State == GenerationState.Probation);
     public bool ReloadPending => _pendingReload is not null;
     public TimeSpan? RestartAt => _restartAt;
     public int Restarts { get; private set; }
@@ -185,6 +193,7 @@ public sealed class SupervisorStateMachine
             case SupervisorEvent.StatusReported s: OnStatus(fx, s); break;
             case SupervisorEvent.DrainAnnounced d: OnDrainAnnounced(fx, d); break;
             case SupervisorEvent.StoppingReported s: OnStopping(fx, s); break;
+            case SupervisorEvent.FailureReported f: OnFailureReported(fx, f); break;
             default: throw new ArgumentOutOfRangeException(nameof(e), e, "unknown event");
         }
         return fx;
@@ -218,6 +227,9 @@ public sealed class SupervisorStateMachine
                     StartFailed(fx, g, $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}" +
                         (g.Status is { } last ? $" (its last status: {last})" : ""));
                     break;
+                case GenerationState.Probation:
+                    PassProbation(fx, g);
+                    break;
                 case GenerationState.Draining when !g.Killed:
                     g.Killed = true;
                     Log(fx, LogSeverity.Warning, g.LeaderExit is null
@@ -248,6 +260,16 @@ public sealed class SupervisorStateMachine
                 Log(fx, LogSeverity.Info, $"reload requested ({source}) while {starting.Label} is starting; another reload will follow it");
             else
                 Log(fx, LogSeverity.Debug, $"reload requested ({source}); already queued behind {starting.Label}");
+            _pendingReload = source;
+            return;
+        }
+        if (OnProbation is { } onProbation)
+        {
+            var left = Duration.Format(onProbation.Deadline is { } end && end > Now ? end - Now : TimeSpan.Zero);
+            if (_pendingReload is null)
+                Log(fx, LogSeverity.Info, $"reload requested ({source}) while {onProbation.Label} is on probation ({left} left); another reload will follow the probation");
+            else
+                Log(fx, LogSeverity.Debug, $"reload requested ({source}); already queued behind the probation of {onProbation.Label}");
             _pendingReload = source;
             return;
         }
@@ -368,10 +390,19 @@ public sealed class SupervisorStateMachine
     {
         var now = Now;
         var previous = Serving;
-        g.State = GenerationState.Ready;
         g.ReadyAt = now;
         g.Deadline = null;
         var took = Duration.Format(now - g.StartedAt);
+        if (previous is not null && _policy.Probation > TimeSpan.Zero)
+        {
+            // Both serve from the shared accept queue; the predecessor is stopped only when the probation passes.
+            g.State = GenerationState.Probation;
+            g.Deadline = now + _policy.Probation;
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); on probation for {Duration.Format(_policy.Probation)}, serving beside {previous.Label}");
+            fx.Add(new SupervisorEffect.ProbationStarted(g.Number, _policy.Probation, previous.Number));
+            return;
+        }
+        g.State = GenerationState.Ready;
         if (previous is null)
         {
             Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); serving");
@@ -389,6 +420,77 @@ public sealed class SupervisorStateMachine
         if (g.Cause == GenerationCause.Reload)
             FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} is serving", now));
         RunPendingReload(fx);
+    }
+
+    /// <summary>The probation of <paramref name="g"/> is over without a failure: it serves alone, its predecessor is stopped.</summary>
+    private void PassProbation(List<SupervisorEffect> fx, Generation g)
+    {
+        var previous = Serving;
+        g.State = GenerationState.Ready;
+        g.Deadline = null;
+        var length = Duration.Format(_policy.Probation);
+        Log(fx, LogSeverity.Info, previous is null
+            ? $"{g.Label} passed its probation of {length}; serving"
+            : $"{g.Label} passed its probation of {length}; stopping {previous.Label}");
+        if (previous is not null) StopGeneration(fx, previous, failedToStart: false);
+        fx.Add(new SupervisorEffect.ProbationPassed(g.Number));
+        if (g.Cause == GenerationCause.Reload)
+            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} passed its probation of {length} and is serving", Now));
+        RunPendingReload(fx);
+    }
+
+    /// <summary>
+    /// The generation on probation failed (<paramref name="what"/>: it exited, or reported failure, and is being
+    /// stopped): the reload fails and the predecessor, which never stopped serving, serves alone.
+    /// </summary>
+    private void RollBack(List<SupervisorEffect> fx, Generation g, string what)
+    {
+        var serving = Serving;
+        var after = g.ReadyAt is { } ready ? $", {Duration.Format(Now - ready)} after it was ready" : "";
+        var message = $"{g.Label} {what} during its probation{after}; rolled back: " +
+            (serving is null ? "nothing else is serving" : $"{serving.Label} serves alone");
+        Log(fx, LogSeverity.Warning, message);
+        FinishReload(fx, new ReloadOutcome(g.Number, false, message, Now));
+        RunPendingReload(fx);
+    }
+
+    private void OnFailureReported(List<SupervisorEffect> fx, SupervisorEvent.FailureReported f)
+    {
+        if (FindByNumber(f.Generation) is not { } g) return;
+        var said = $"reported failure (WATCHDOG=trigger via {f.Channel}{(g.Status is { } status ? $"; its status: {status}" : "")})";
+        if (Phase == SupervisorPhase.ShuttingDown)
+        {
+            Log(fx, LogSeverity.Info, $"{g.Label} {said} while the supervisor shuts down");
+            return;
+        }
+        switch (g.State)
+        {
+            case GenerationState.Probation:
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} during its probation; stopping it");
+                StopGeneration(fx, g, failedToStart: false);
+                RollBack(fx, g, said);
+                break;
+            case GenerationState.Starting:
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} before it was ready; stopping it");
+                StopGeneration(fx, g, failedToStart: true);
+                StartFailed(fx, g, $"{g.Label} {said} before it was ready");
+                break;
+            case GenerationState.Ready when OnProbation is { } successor:
+                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while {successor.Label} is on probation beside it; the probation goes on");
+                break;
+            case GenerationState.Ready when _policy.Restart:
+                // As systemd restarts a service on WATCHDOG=trigger, but without a gap: a new generation starts
+                // beside it, and the failed one serves until its replacement is ready.
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; replacing it");
+                OnReloadRequested(fx, $"{g.Label} reported failure");
+                break;
+            case GenerationState.Ready:
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; --no-restart is set, so it serves on until a reload replaces it");
+                break;
+            default:
+                Log(fx, LogSeverity.Debug, $"{g.Label} {said} while {g.State.ToString().ToLowerInvariant()}; nothing to do");
+                break;
+        }
     }
 
     private void OnExited(List<SupervisorEffect> fx, SupervisorEvent.ChildExited x)
@@ -436,6 +538,10 @@ public sealed class SupervisorStateMachine
                 if (Phase != SupervisorPhase.ShuttingDown)
                     StartFailed(fx, g, $"{g.Label} exited with {status} before it was ready", status);
                 break;
+            case GenerationState.Probation:
+                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} during its probation");
+                if (Phase != SupervisorPhase.ShuttingDown) RollBack(fx, g, $"exited with {status}");
+                break;
             case GenerationState.Ready:
                 OnServingDied(fx, g, status, now);
                 break;
@@ -454,6 +560,20 @@ public sealed class SupervisorStateMachine
         var served = now - (g.ReadyAt ?? now);
         Log(fx, LogSeverity.Error, $"{g.Label} exited unexpectedly with {status} after serving {Duration.Format(served)}");
         if (Phase == SupervisorPhase.ShuttingDown) return;
+        if (OnProbation is { } successor)
+        {
+            // Nothing left to roll back to: the newcomer's probation is cut short and it serves alone.
+            successor.State = GenerationState.Ready;
+            successor.Deadline = null;
+            if (served >= _policy.StableAfter) _consecutiveFailures = 0;
+            Log(fx, LogSeverity.Warning, $"{successor.Label} was on probation; with {g.Label} gone it serves alone (its probation is cut short)");
+            fx.Add(new SupervisorEffect.ProbationPassed(successor.Number));
+            if (successor.Cause == GenerationCause.Reload)
+                FinishReload(fx, new ReloadOutcome(successor.Number, true,
+                    $"{successor.Label} is serving (its probation was cut short: {g.Label} exited with {status})", now));
+            RunPendingReload(fx);
+            return;
+        }
         if (!_policy.Restart)
         {
             Log(fx, LogSeverity.Error, $"--no-restart is set: stopping and exiting with status {status.ShellCode}");
@@ -516,7 +636,7 @@ public sealed class SupervisorStateMachine
 
     private void RunPendingReload(List<SupervisorEffect> fx)
     {
-        if (_pendingReload is not { } source || Starting is not null || Phase is SupervisorPhase.ShuttingDown or SupervisorPhase.Exited)
+        if (_pendingReload is not { } source || Starting is not null || OnProbation is not null || Phase is SupervisorPhase.ShuttingDown or SupervisorPhase.Exited)
             return;
         _pendingReload = null;
         OnReloadRequested(fx, source + ", queued");
@@ -558,8 +678,10 @@ public sealed class SupervisorStateMachine
         _restartAt = null;
         foreach (var g in _generations.ToList())
         {
-            if (g.State == GenerationState.Starting && g.Cause == GenerationCause.Reload)
-                FinishReload(fx, new ReloadOutcome(g.Number, false, "reload abandoned: the supervisor is shutting down", Now));
+            if (g.State is GenerationState.Starting or GenerationState.Probation && g.Cause == GenerationCause.Reload)
+                FinishReload(fx, new ReloadOutcome(g.Number, false, g.State == GenerationState.Probation
+                    ? $"reload abandoned during the probation of {g.Label}: the supervisor is shutting down"
+                    : "reload abandoned: the supervisor is shutting down", Now));
             StopGeneration(fx, g, failedToStart: false);
         }
         MaybeExit(fx);

@@ -460,18 +460,204 @@ public class StateMachineTests
         Assert.That(fx.All(e => e is Log { Severity: LogSeverity.Debug }), Is.True);
     }
 
+    private static readonly SupervisorPolicy FiveSecondProbation = new() { Probation = TimeSpan.FromSeconds(5), StopTimeout = TimeSpan.FromSeconds(30) };
+
+    /// <summary>Generation 1 serves; generation 2 was reloaded in and is now on probation beside it.</summary>
+    private List<SupervisorEffect> ReloadOntoProbation(SupervisorPolicy? policy = null)
+    {
+        StartServing(policy ?? FiveSecondProbation);
+        On(new ReloadRequested("test"));
+        return On(new ReadyReported(2, "test"));
+    }
+
+    private static bool StopsGeneration(SupervisorEffect e, int generation) => e is SendSignal s && s.Generation == generation;
+
+    [Test]
+    public void Probation_keeps_the_old_generation_serving_beside_the_new_one_and_stops_it_only_when_the_probation_passes()
+    {
+        var fx = ReloadOntoProbation();
+        Assert.That(Signals(fx), Is.Empty, "generation 1 serves on beside 2");
+        Assert.That(fx.OfType<ProbationStarted>().Single(), Is.EqualTo(new ProbationStarted(2, TimeSpan.FromSeconds(5), 1)));
+        Assert.That(fx.OfType<ReloadFinished>(), Is.Empty, "the reload is not done until the probation is");
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+        Assert.That(_machine.OnProbation!.Number, Is.EqualTo(2));
+        Assert.That(_machine.NextDeadline, Is.EqualTo(TimeSpan.FromSeconds(5)));
+
+        Assert.That(Advance(TimeSpan.FromSeconds(4.999)), Is.Empty);
+        fx = Advance(TimeSpan.FromMilliseconds(1));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGTERM, WholeProcessGroup: true)));
+        Assert.That(fx.OfType<ProbationPassed>().Single().Generation, Is.EqualTo(2));
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.True);
+        Assert.That(outcome.Message, Is.EqualTo($"generation 2 (pid {PidOf(2)}) passed its probation of 5s and is serving"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+        Assert.That(_machine.OnProbation, Is.Null);
+    }
+
+    [Test]
+    public void A_generation_that_exits_during_its_probation_is_rolled_back_and_the_old_one_is_never_signalled()
+    {
+        ReloadOntoProbation();
+        var newPid = PidOf(2);
+        Advance(TimeSpan.FromSeconds(1));
+        var fx = On(new ChildExited(newPid, ExitStatus.Exited(70)));
+        Assert.That(Signals(fx), Is.Empty);
+        Assert.That(fx.OfType<GenerationGone>().Single(), Is.EqualTo(new GenerationGone(2, newPid)), "what is left of its group is ended");
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Generation, Is.EqualTo(2));
+        Assert.That(outcome.Message, Is.EqualTo($"generation 2 (pid {newPid}) exited with exit code 70 during its probation, 1s after it was ready; " +
+            $"rolled back: generation 1 (pid {PidOf(1)}) serves alone"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+        Assert.That(_machine.RestartAt, Is.Null, "nothing to restart: generation 1 serves");
+        Assert.That(Advance(TimeSpan.FromMinutes(5)), Is.Empty, "generation 1 is left alone");
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void A_generation_that_reports_failure_during_its_probation_is_drained_and_rolled_back()
+    {
+        ReloadOntoProbation();
+        On(new StatusReported(2, "health check 'db' is Unhealthy"));
+        Advance(TimeSpan.FromSeconds(2));
+        var fx = On(new FailureReported(2, "handoff socket"));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(2, PidOf(2), Core.Signals.SIGTERM, WholeProcessGroup: true)), "drained as usual");
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Message, Does.StartWith("generation 2 (pid").And.Contain(
+            "reported failure (WATCHDOG=trigger via handoff socket; its status: health check 'db' is Unhealthy) during its probation, 2s after it was ready; rolled back: generation 1"));
+        Assert.That(_machine.FindByNumber(2)!.State, Is.EqualTo(GenerationState.Draining));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+        // Its drain has the usual stop timeout; generation 1 is never touched.
+        fx = Advance(TimeSpan.FromSeconds(30));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(2, PidOf(2), Core.Signals.SIGKILL, WholeProcessGroup: true)));
+        On(new ChildExited(PidOf(2), ExitStatus.Killed(9)));
+        Assert.That(_machine.Generations.Select(g => g.Number), Is.EqualTo(new[] { 1 }));
+        Assert.That(On(new FailureReported(2, "handoff socket")), Is.Empty, "a report from a generation that is gone is ignored");
+    }
+
+    [Test]
+    public void Shutdown_during_a_probation_stops_both_generations_and_abandons_the_reload()
+    {
+        ReloadOntoProbation();
+        var fx = On(new ShutdownRequested("SIGTERM", Interrupt: false));
+        Assert.That(Signals(fx).Select(s => s.Generation).Order(), Is.EqualTo(new[] { 1, 2 }));
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Message, Does.Contain("abandoned during the probation of generation 2"));
+        On(new ChildExited(PidOf(2), ExitStatus.Exited(0)));
+        fx = On(new ChildExited(PidOf(1), ExitStatus.Exited(0)));
+        Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(0), "a generation on probation that exits on shutdown is no failure");
+    }
+
+    [Test]
+    public void A_reload_during_a_probation_follows_it_whether_the_probation_passes_or_fails([Values] bool passes)
+    {
+        ReloadOntoProbation();
+        var fx = new List<SupervisorEffect>();
+        for (var i = 0; i < 50; i++) fx.AddRange(On(new ReloadRequested($"storm {i}")));
+        Assert.That(fx.OfType<SpawnGeneration>(), Is.Empty, "nothing starts beside a generation on probation");
+        Assert.That(_machine.ReloadPending, Is.True);
+
+        fx = passes ? Advance(TimeSpan.FromSeconds(5)) : On(new ChildExited(PidOf(2), ExitStatus.Killed(11)));
+        Assert.That(fx.OfType<SpawnGeneration>().Single().Generation, Is.EqualTo(3), "the storm collapsed into one reload");
+        Assert.That(_machine.ReloadPending, Is.False);
+        var serving = passes ? 2 : 1;
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(serving));
+        fx = On(new ReadyReported(3, "test"));
+        Assert.That(fx.OfType<ProbationStarted>().Single(), Is.EqualTo(new ProbationStarted(3, TimeSpan.FromSeconds(5), serving)),
+            "the next one is on probation beside whichever serves");
+    }
+
+    [Test]
+    public void If_the_old_generation_dies_during_the_probation_the_new_one_serves_alone()
+    {
+        ReloadOntoProbation(FiveSecondProbation with { Restart = false });
+        var fx = On(new ChildExited(PidOf(1), ExitStatus.Killed(9)));
+        Assert.That(fx.OfType<ProbationPassed>().Single().Generation, Is.EqualTo(2));
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.True);
+        Assert.That(outcome.Message, Does.Contain("probation was cut short: generation 1"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Running), "--no-restart does not end a supervisor whose newcomer serves");
+        Assert.That(_machine.RestartAt, Is.Null);
+        Assert.That(Advance(TimeSpan.FromSeconds(10)), Is.Empty, "no probation deadline is left");
+    }
+
+    [Test]
+    public void The_first_generation_and_a_replacement_of_a_crashed_one_have_no_probation()
+    {
+        StartServing(FiveSecondProbation);
+        Assert.That(_machine.Phase, Is.EqualTo(SupervisorPhase.Running), "nothing to fall back to");
+        On(new ChildExited(PidOf(1), ExitStatus.Exited(1)));
+        Advance(TimeSpan.FromMilliseconds(250));
+        var fx = On(new ReadyReported(2, "test"));
+        Assert.That(fx.OfType<ProbationStarted>(), Is.Empty);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+    }
+
+    [Test]
+    public void Failure_reported_outside_a_probation()
+    {
+        // Before ready: the start failed; generation 1 serves on.
+        StartServing(FiveSecondProbation);
+        On(new ReloadRequested("test"));
+        var fx = On(new FailureReported(2, "NOTIFY_SOCKET"));
+        Assert.That(Signals(fx).Single().Generation, Is.EqualTo(2));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Message, Does.Contain("reported failure (WATCHDOG=trigger via NOTIFY_SOCKET) before it was ready"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+
+        // While serving alone: replaced without a gap, as by a reload.
+        fx = On(new FailureReported(1, "handoff socket"));
+        Assert.That(Signals(fx), Is.Empty);
+        Assert.That(fx.OfType<ReloadStarted>().Single(), Is.EqualTo(new ReloadStarted(3, "generation 1 (pid 1001) reported failure")));
+
+        // The old one's report while the new one is on probation changes nothing: the probation decides.
+        On(new ReadyReported(3, "test"));
+        fx = On(new FailureReported(1, "handoff socket"));
+        Assert.That(fx.Where(e => e is not Log), Is.Empty);
+        Assert.That(_machine.OnProbation!.Number, Is.EqualTo(3));
+
+        // With --no-restart a serving generation that reports failure serves on.
+        StartServing(new SupervisorPolicy { Restart = false });
+        fx = On(new FailureReported(1, "handoff socket"));
+        Assert.That(fx.Where(e => e is not Log), Is.Empty);
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
+    }
+
+    [Test]
+    public void A_probation_crosses_an_upgrade_with_its_end()
+    {
+        ReloadOntoProbation();
+        Advance(TimeSpan.FromSeconds(3));
+        CarryAcrossUpgrade();
+        Assert.That(_machine.OnProbation!.Number, Is.EqualTo(2));
+        Assert.That(Advance(TimeSpan.FromSeconds(1.9)), Is.Empty);
+        var fx = Advance(TimeSpan.FromSeconds(0.1));
+        Assert.That(Signals(fx).Single().Generation, Is.EqualTo(1));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.True);
+
+        var snapshot = _machine.Export();
+        snapshot.Generations[1].State = nameof(GenerationState.Probation);
+        snapshot.Generations[1].DeadlineUs = null;
+        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot), Throws.TypeOf<SnapshotException>(), "a probation without an end");
+    }
+
     [Test]
     public void Random_event_sequences_keep_the_invariants([Values(1, 2, 3, 4, 5, 6, 7, 8)] int seed)
     {
         var random = new Random(seed);
-        StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(3), StopTimeout = TimeSpan.FromSeconds(2) });
+        // Odd seeds run with a probation: the newcomer serves beside the old one for 2 s before the old one stops.
+        StartServing(new SupervisorPolicy { ReadyTimeout = TimeSpan.FromSeconds(3), StopTimeout = TimeSpan.FromSeconds(2), Probation = TimeSpan.FromSeconds(seed % 2 * 2) });
         _spawnFails = () => random.Next(8) == 0;
         var stopSignals = 0;
+        var probations = 0;
         for (var step = 0; step < 2000 && _machine.Phase != SupervisorPhase.Exited; step++)
         {
             var live = _machine.Generations.Where(g => g.Pid is not null).ToList();
             var pick = live.Count > 0 ? live[random.Next(live.Count)] : null;
             var servingBefore = _machine.Serving;
+            var onProbationBefore = _machine.OnProbation;
             var fx = random.Next(12) switch
             {
                 0 or 1 or 2 => On(new ReloadRequested("random")),
@@ -479,6 +665,7 @@ public class StateMachineTests
                 5 when pick is not null => On(new ChildExited(pick.Pid!.Value, ExitStatus.Exited(random.Next(3)), GroupRemains: random.Next(2) == 0)),
                 6 when step > 1900 => On(new ShutdownRequested("random", random.Next(2) == 0)),
                 7 when _machine.Generations.FirstOrDefault(g => g.LeaderExit is not null) is { } emptied => On(new ProcessGroupEmpty(emptied.Number)),
+                8 when pick is not null && random.Next(3) == 0 => On(new FailureReported(pick.Number, "random")),
                 _ => Advance(TimeSpan.FromMilliseconds(random.Next(1, 1500))),
             };
 
@@ -489,8 +676,14 @@ public class StateMachineTests
                 stopSignals++;
                 Assert.That(_machine.Phase != SupervisorPhase.Running || _machine.Serving is { } next && next.Number > stop.Generation, Is.True,
                     $"step {step}: serving generation {stop.Generation} was stopped with nothing newer serving");
+                Assert.That(_machine.Phase != SupervisorPhase.Running || onProbationBefore is null || onProbationBefore.State == GenerationState.Ready, Is.True,
+                    $"step {step}: serving generation {stop.Generation} was stopped before its successor passed its probation");
             }
-            Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Starting), Is.LessThanOrEqualTo(1));
+            probations += fx.OfType<ProbationStarted>().Count();
+            Assert.That(_machine.Generations.Count(g => g.State is GenerationState.Starting or GenerationState.Probation), Is.LessThanOrEqualTo(1),
+                "one newcomer at a time, starting or on probation");
+            if (_machine.OnProbation is { } onProbation)
+                Assert.That(_machine.Serving, Is.Not.Null, $"step {step}: {onProbation.Label} is on probation with nothing to roll back to");
             Assert.That(_machine.Generations.Count(g => g.State == GenerationState.Ready), Is.LessThanOrEqualTo(1));
             Assert.That(_machine.Generations.Where(g => g.LeaderExit is not null).All(g => g.State == GenerationState.Draining), Is.True,
                 "only a draining generation outlives its leader");
@@ -499,6 +692,7 @@ public class StateMachineTests
                     "while running, something serves, starts, or is about to restart");
         }
         Assert.That(stopSignals, Is.GreaterThan(0), "the sequence stopped serving generations, so the promise was checked");
+        if (seed % 2 == 1) Assert.That(probations, Is.GreaterThan(0), "the sequence had probations");
     }
     /// <summary>Exports the machine and imports it into a new one on the same clock: what an in-place upgrade does.</summary>
     private void CarryAcrossUpgrade() =>
