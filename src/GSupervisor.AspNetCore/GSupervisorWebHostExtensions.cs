@@ -55,13 +55,21 @@ public sealed class GSupervisorOptions
     public bool WaitForHealthChecks { get; set; } = true;
 
     /// <summary>
-    /// How often the health checks run while they are Unhealthy. Default 1 second.
-    /// Configuration: <c>GSupervisor:HealthCheckInterval</c>.
+    /// During this generation's probation (<c>gsupervisor --probation D</c>: it serves beside the generation it is
+    /// to replace), run the health checks every <see cref="HealthCheckInterval"/>, and report failure to the
+    /// supervisor (<c>WATCHDOG=trigger</c>) as soon as they are Unhealthy: the supervisor then drains this
+    /// generation and the previous one serves on. Default true. Configuration: <c>GSupervisor:RollBackWhenUnhealthy</c>.
+    /// </summary>
+    public bool RollBackWhenUnhealthy { get; set; } = true;
+
+    /// <summary>
+    /// How often the health checks run while they are Unhealthy before ready, and during a probation. Default 1
+    /// second. Configuration: <c>GSupervisor:HealthCheckInterval</c>.
     /// </summary>
     public TimeSpan HealthCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
-    /// Which health checks decide readiness: those with any of these tags. Empty (the default): every
+    /// Which health checks decide readiness and the outcome of a probation: those with any of these tags. Empty (the default): every
     /// registered check. Configuration: <c>GSupervisor:ReadinessTags</c> (comma-separated).
     /// </summary>
     public ISet<string> ReadinessTags { get; } = new HashSet<string>(StringComparer.Ordinal);
@@ -93,6 +101,9 @@ public sealed class GSupervisorOptions
         if (section["WaitForHealthChecks"] is { } wait)
             WaitForHealthChecks = bool.TryParse(wait, out var b) ? b
                 : throw new InvalidOperationException($"{KeyOf(section, "WaitForHealthChecks")} is '{wait}'; use true or false");
+        if (section["RollBackWhenUnhealthy"] is { } rollBack)
+            RollBackWhenUnhealthy = bool.TryParse(rollBack, out var b) ? b
+                : throw new InvalidOperationException($"{KeyOf(section, "RollBackWhenUnhealthy")} is '{rollBack}'; use true or false");
         if (section["StopWhenSupervisorGone"] is { } gone)
             StopWhenSupervisorGone = bool.TryParse(gone, out var b) ? b
                 : throw new InvalidOperationException($"{KeyOf(section, "StopWhenSupervisorGone")} is '{gone}'; use true or false");
@@ -321,6 +332,7 @@ internal sealed class GSupervisorLifetime(
             _ = ReportReadyAsync(lifetime.ApplicationStopping);
         });
         lifetime.ApplicationStopping.Register(client.NotifyStopping);
+        client.ProbationStarted.Register(() => _ = WatchProbationAsync(lifetime.ApplicationStopping));
         client.DrainRequested.Register(BeginDrain); // whatever --stop-signal is
         if (options.StopWhenSupervisorGone)
             client.SupervisorGone.Register(() =>
@@ -341,7 +353,7 @@ internal sealed class GSupervisorLifetime(
             client.NotifyReady();
             return;
         }
-        Func<HealthCheckRegistration, bool>? counts = options.ReadinessTags.Count == 0 ? null : r => r.Tags.Overlaps(options.ReadinessTags);
+        var counts = CountedChecks;
         string? reported = null;
         while (!stopping.IsCancellationRequested)
         {
@@ -373,6 +385,52 @@ internal sealed class GSupervisorLifetime(
             try
             {
                 await Task.Delay(options.HealthCheckInterval, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>The health checks that count: those with a readiness tag, or all when no tag is set.</summary>
+    private Func<HealthCheckRegistration, bool>? CountedChecks =>
+        options.ReadinessTags.Count == 0 ? null : r => r.Tags.Overlaps(options.ReadinessTags);
+
+    /// <summary>
+    /// During the probation, the health checks run every HealthCheckInterval; the first Unhealthy result is reported
+    /// as a failure, and the supervisor rolls this generation back (it hears DRAIN next).
+    /// </summary>
+    private async Task WatchProbationAsync(CancellationToken stopping)
+    {
+        var health = options.RollBackWhenUnhealthy ? services.GetService<HealthCheckService>() : null;
+        if (health is null) return;
+        using var over = CancellationTokenSource.CreateLinkedTokenSource(stopping, client.ProbationPassed, client.DrainRequested);
+        logger.LogInformation("On probation for {Left}: health checks run every {Interval}, and if they turn Unhealthy gsupervisor rolls this generation back",
+            client.ProbationLeft, options.HealthCheckInterval);
+        var counts = CountedChecks;
+        while (!over.IsCancellationRequested)
+        {
+            HealthReport report;
+            try
+            {
+                report = await health.CheckHealthAsync(counts, over.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            if (over.IsCancellationRequested) return; // passed (or drained) while the checks ran
+            if (report.Status == HealthStatus.Unhealthy)
+            {
+                var why = Describe(report, HealthStatus.Unhealthy);
+                logger.LogError("Health checks turned Unhealthy during the probation ({Checks}); reporting failure to gsupervisor", why);
+                client.ReportFailure("failed its probation: " + why);
+                return;
+            }
+            try
+            {
+                await Task.Delay(options.HealthCheckInterval, over.Token);
             }
             catch (OperationCanceledException)
             {

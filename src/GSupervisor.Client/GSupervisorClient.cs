@@ -3,8 +3,9 @@
 // What an app uses to be a gsupervisor child. Connect() takes the listening sockets over the handoff socket
 // (GSUPERVISOR_HANDOFF, SCM_RIGHTS), falling back to the systemd protocol (LISTEN_FDS at fds 3.., valid only
 // when LISTEN_PID is this process). Readiness and status go over the handoff connection when there is one,
-// else as sd_notify datagrams to NOTIFY_SOCKET. The handoff connection stays open: end of file on it means
-// the supervisor is gone, which SupervisorGone reports.
+// else as sd_notify datagrams to NOTIFY_SOCKET. The handoff connection stays open: the supervisor's lines on it
+// say drain (DrainRequested) and, under --probation, when this generation's probation begins and passes
+// (ProbationStarted, ProbationPassed); end of file on it means the supervisor is gone (SupervisorGone).
 
 using System.Globalization;
 using System.Net.Sockets;
@@ -74,6 +75,9 @@ public sealed class GSupervisorClient : IDisposable
     private readonly string? _notifySocket;
     private readonly CancellationTokenSource _gone = new();
     private readonly CancellationTokenSource _drain = new();
+    private readonly CancellationTokenSource _probationStarted = new();
+    private readonly CancellationTokenSource _probationPassed = new();
+    private long _probationEndsAt; // Environment.TickCount64 milliseconds; set before _probationStarted is cancelled
     private readonly Lock _sendLock = new();
     private volatile bool _disposed;
 
@@ -116,6 +120,24 @@ public sealed class GSupervisorClient : IDisposable
     /// apps watch for the stop signal (SIGTERM by default) themselves.
     /// </summary>
     public CancellationToken DrainRequested => _drain.Token;
+
+    /// <summary>
+    /// Cancelled when the supervisor puts this generation on probation (<c>gsupervisor --probation D</c>): it is
+    /// ready and serves beside the generation it is to replace, which keeps serving until the probation passes.
+    /// If this generation exits or calls <see cref="ReportFailure"/> before then, it is drained and the previous
+    /// generation serves on (a rollback). Watch the app's health from here until <see cref="ProbationPassed"/>;
+    /// <see cref="ProbationLeft"/> says how long is left. Never cancelled without a handoff connection, for the
+    /// first generation, or without <c>--probation</c>.
+    /// </summary>
+    public CancellationToken ProbationStarted => _probationStarted.Token;
+
+    /// <summary>Cancelled when this generation's probation has passed: it now serves alone.</summary>
+    public CancellationToken ProbationPassed => _probationPassed.Token;
+
+    /// <summary>The time left of this generation's probation; zero when it is not on probation.</summary>
+    public TimeSpan ProbationLeft => _probationStarted.IsCancellationRequested && !_probationPassed.IsCancellationRequested && !_drain.IsCancellationRequested
+        ? TimeSpan.FromMilliseconds(Math.Max(0, Interlocked.Read(ref _probationEndsAt) - Environment.TickCount64))
+        : TimeSpan.Zero;
 
     /// <summary>
     /// Connects using this process's environment. Outside gsupervisor it does not fail: then
@@ -173,6 +195,17 @@ public sealed class GSupervisorClient : IDisposable
     /// <summary>Reports a one-line human-readable status.</summary>
     public void NotifyStatus(string status) => Send("STATUS=" + status.Replace('\n', ' '));
 
+    /// <summary>
+    /// Reports that the app has failed and should not go on serving (sd_notify's <c>WATCHDOG=trigger</c>, with
+    /// <paramref name="reason"/> as its status). During this generation's probation the supervisor rolls it back:
+    /// it is drained (<see cref="DrainRequested"/>) and the previous generation, which never stopped serving, serves
+    /// on; <c>gsupervisor reload --wait</c> fails with the reason. Before ready it fails the reload the same way.
+    /// While it serves alone, the supervisor starts a replacement beside it, as a reload does (not with
+    /// <c>--no-restart</c>). Outside gsupervisor, or under systemd with <c>WatchdogSec=</c>, systemd acts on it as
+    /// on a missed watchdog ping.
+    /// </summary>
+    public void ReportFailure(string reason) => Send($"STATUS={reason.Replace('\n', ' ')}\nWATCHDOG=trigger");
+
     /// <summary>Reports that the app has begun to stop.</summary>
     public void NotifyStopping() => Send("STOPPING=1");
 
@@ -228,8 +261,8 @@ public sealed class GSupervisorClient : IDisposable
                         if (line.Length < 256) line.Append(c);
                         continue;
                     }
-                    if (line.ToString() == HandoffProtocol.DrainLine) _drain.Cancel();
-                    line.Clear(); // lines a later supervisor may add are ignored
+                    OnSupervisorLine(line.ToString());
+                    line.Clear();
                 }
             }
         }
@@ -242,6 +275,24 @@ public sealed class GSupervisorClient : IDisposable
             return; // the app closed the connection itself
         }
         if (!_disposed) _gone.Cancel();
+    }
+
+    /// <summary>Acts on a line from the supervisor (internal for testing); lines a later supervisor may add are ignored.</summary>
+    internal void OnSupervisorLine(string line)
+    {
+        if (line == HandoffProtocol.DrainLine)
+        {
+            _drain.Cancel();
+        }
+        else if (line == HandoffProtocol.ProbationPassedLine)
+        {
+            _probationPassed.Cancel();
+        }
+        else if (HandoffProtocol.TryParseProbation(line, out var left))
+        {
+            Interlocked.Exchange(ref _probationEndsAt, Environment.TickCount64 + (long)left.TotalMilliseconds);
+            _probationStarted.Cancel();
+        }
     }
 
     private static (Socket Socket, HandoffProtocol.Greeting Greeting, List<InheritedListener> Listeners) Handoff(string path)

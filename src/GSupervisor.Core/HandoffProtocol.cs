@@ -12,7 +12,11 @@ namespace GSupervisor.Core;
 /// closes. After the greeting, the child writes sd_notify lines (<c>READY=1\n</c>, <c>STATUS=...\n</c>,
 /// <c>STOPPING=1\n</c>, and <c>X_GSUPERVISOR_DRAIN=how\n</c> to say how it drains), at most <see cref="NotifyMessage.MaxBytes"/> bytes a line. The supervisor writes
 /// <c>DRAIN\n</c> just before it sends the generation its stop signal, and closes the connection when the
-/// generation ends; a child that sees end-of-file knows the supervisor is gone.
+/// generation ends; a child that sees end-of-file knows the supervisor is gone. With <c>--probation</c>, a
+/// generation that became ready beside a serving one reads <c>PROBATION ms=N\n</c> (N: milliseconds left), and
+/// <c>PROBATION_PASSED\n</c> once it serves alone; during the probation it may write <c>WATCHDOG=trigger\n</c>
+/// to say it has failed, and is then rolled back (drained; its predecessor serves on). A child ignores lines it
+/// does not know, so a later supervisor may add some.
 /// </para>
 /// </summary>
 public static class HandoffProtocol
@@ -34,6 +38,26 @@ public static class HandoffProtocol
             if (c is '%' or ' ' or ':' || char.IsControl(c)) sb.Append('%').Append(((int)c).ToString("X2", CultureInfo.InvariantCulture));
             else sb.Append(c);
         return sb.ToString();
+    }
+
+    /// <summary>The first word of the line that tells a generation it is on probation: <c>PROBATION ms=N</c>.</summary>
+    public const string ProbationWord = "PROBATION";
+
+    /// <summary>The line that tells a generation its probation passed: it now serves alone.</summary>
+    public const string ProbationPassedLine = "PROBATION_PASSED";
+
+    public static string EncodeProbation(TimeSpan left) =>
+        $"{ProbationWord} ms={((long)Math.Ceiling(Math.Max(0, left.TotalMilliseconds))).ToString(CultureInfo.InvariantCulture)}";
+
+    /// <summary>Parses a <c>PROBATION ms=N</c> line: the probation's time left.</summary>
+    public static bool TryParseProbation(string line, out TimeSpan left)
+    {
+        left = TimeSpan.Zero;
+        const string prefix = ProbationWord + " ms=";
+        if (!line.StartsWith(prefix, StringComparison.Ordinal) ||
+            !long.TryParse(line.AsSpan(prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out var ms)) return false;
+        left = TimeSpan.FromMilliseconds(ms);
+        return true;
     }
 
     /// <summary>The line that asks a generation to drain: stop accepting, finish what it has, then exit.</summary>

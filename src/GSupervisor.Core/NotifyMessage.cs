@@ -20,6 +20,8 @@ public sealed class NotifyMessage
     public bool Ready => Is("READY");
     public bool Stopping => Is("STOPPING");
     public bool Reloading => Is("RELOADING");
+    /// <summary><c>WATCHDOG=trigger</c>: sd_notify's way for a service to say it has failed.</summary>
+    public bool FailureReported => _fields.TryGetValue("WATCHDOG", out var v) && v == "trigger";
     public string? Status => _fields.GetValueOrDefault("STATUS");
     /// <summary>How the child drains (<see cref="HandoffProtocol.DrainField"/>), when it says.</summary>
     public string? Drain => _fields.GetValueOrDefault(HandoffProtocol.DrainField);

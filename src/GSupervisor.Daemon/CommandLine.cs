@@ -26,6 +26,9 @@ internal sealed class RunOptions
     [Option("stop-timeout", Default = "30s", HelpText = "How long a child may drain after the stop signal before SIGKILL.")]
     public string StopTimeout { get; set; } = "30s";
 
+    [Option("probation", Default = "0s", HelpText = "After a reload, how long the new child serves beside the old one before the old one is stopped; if the new one exits or reports failure (WATCHDOG=trigger) meanwhile, it is stopped instead and the old one serves on. 0s: stop the old one as soon as the new one is ready.")]
+    public string Probation { get; set; } = "0s";
+
     [Option("stop-signal", Default = "SIGTERM", HelpText = "Signal that asks a child to stop.")]
     public string StopSignal { get; set; } = "SIGTERM";
 
@@ -181,6 +184,8 @@ internal static class CommandLineReader
         if (readyTimeout <= TimeSpan.Zero) return UsageError("--ready-timeout must be more than 0");
         if (!Duration.TryParse(o.StopTimeout, out var stopTimeout, out var stError))
             return UsageError($"--stop-timeout: {stError}");
+        if (!Duration.TryParse(o.Probation, out var probation, out var probationError))
+            return UsageError($"--probation: {probationError}");
         if (!Signals.TryParseStopSignal(o.StopSignal, out var stopSignal, out var sigError))
             return UsageError($"--stop-signal: {sigError}");
         if (policy.ReadyMode == ReadyMode.Delay && o.ReadyTimeout != "60s")
@@ -234,7 +239,7 @@ internal static class CommandLineReader
         policy = policy with
         {
             ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
-            RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay,
+            RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay, Probation = probation,
         };
         return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user, InjectDotnet: !o.NoInject), ExitCodes.Ok, null, false);
     }

@@ -23,6 +23,9 @@ internal static class StatusReport
             sb.Append(CultureInfo.InvariantCulture, $"; last {(u.Succeeded ? "" : "refused ")}{Duration.Format(now - u.At)} ago: {u.Message}");
         sb.Append('\n');
         sb.Append("serving: ").Append(machine.Serving is { } s ? $"generation {s.Number} (pid {s.Pid}) for {Duration.Format(now - s.ReadyAt!.Value)}" : "nothing").Append('\n');
+        if (machine.OnProbation is { } p)
+            sb.Append(CultureInfo.InvariantCulture, $"probation: generation {p.Number} (pid {p.Pid}) serves beside it, {Duration.Format(ProbationLeft(machine, p))} left of {Duration.Format(settings.Policy.Probation)}; " +
+                $"it replaces generation {machine.Serving?.Number} then, or is rolled back if it exits or reports failure first\n");
         sb.Append("generations:\n");
         foreach (var g in machine.Generations)
             sb.Append(CultureInfo.InvariantCulture, $"  {g.Number,-4} pid {g.Pid,-8} {g.State.ToString().ToLowerInvariant(),-9} {g.Cause.ToString().ToLowerInvariant(),-8} started {Duration.Format(now - g.StartedAt)} ago  drain: {g.Drain ?? "none announced"}{(g.Status is { } st ? "  status: " + st : "")}\n");
@@ -42,6 +45,9 @@ internal static class StatusReport
             $"supervisor: RSS {self.RssBytes / 1048576.0:0.0} MiB, managed heap {self.ManagedHeapBytes / 1048576.0:0.0} MiB ({self.ManagedCommittedBytes / 1048576.0:0.0} MiB committed), {self.Threads} threads, {self.OpenFds} fds\n");
         return sb.ToString();
     }
+
+    private static TimeSpan ProbationLeft(SupervisorStateMachine machine, Generation g) =>
+        g.Deadline is { } end && end > machine.Now ? end - machine.Now : TimeSpan.Zero;
 
     public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
     {
@@ -79,6 +85,19 @@ internal static class StatusReport
             else
             {
                 w.WriteNull("serving");
+            }
+            if (machine.OnProbation is { } p)
+            {
+                w.WriteStartObject("probation");
+                w.WriteNumber("generation", p.Number);
+                w.WriteNumber("pid", p.Pid!.Value);
+                w.WriteNumber("secondsLeft", Math.Round(ProbationLeft(machine, p).TotalSeconds, 3));
+                w.WriteNumber("lengthSeconds", Math.Round(settings.Policy.Probation.TotalSeconds, 3));
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("probation");
             }
             w.WriteStartArray("generations");
             foreach (var g in machine.Generations)

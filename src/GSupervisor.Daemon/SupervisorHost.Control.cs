@@ -22,6 +22,13 @@ internal sealed partial class SupervisorHost
             case "reload" or "reload wait":
                 var lastBefore = _machine.LastReload;
                 var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
+                if (_machine.OnProbation is { } onProbation && _machine.ReloadPending)
+                {
+                    // Queued behind the probation: it runs when the probation passes or fails.
+                    if (request.Line == "reload") request.Reply($"OK reload queued behind the probation of generation {onProbation.Number} (generation {onProbation.Number + 1})");
+                    else _state.ReloadWaiters.Add((onProbation.Number + 1, request));
+                    return exit;
+                }
                 if (_machine.Starting is not { } starting)
                 {
                     if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))

@@ -132,8 +132,9 @@ internal sealed partial class SupervisorHost
         _state.UpgradeWaiters.Clear();
         _upgrade?.ExitDeadline?.Dispose();
         _upgrade = null;
-        // Only a running service was told RELOADING=1; one still starting says READY=1 when its first generation is.
-        if (_machine.Phase == SupervisorPhase.Running) _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
+        // Only a running service was told RELOADING=1; one still starting says READY=1 when its first generation is,
+        // and a reload whose new generation is on probation when its probation ends.
+        if (_machine.Phase == SupervisorPhase.Running && _machine.OnProbation is null) _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
         return HandleDeferred();
     }
 
@@ -258,7 +259,7 @@ internal sealed partial class SupervisorHost
             _machine.Generations.Count == 1 ? "1 generation" : $"{_machine.Generations.Count} generations", _state.Upgrades);
         foreach (var waiter in _state.UpgradeWaiters) waiter.Reply($"OK upgraded: {message}");
         _state.UpgradeWaiters.Clear();
-        if (_machine.Phase is SupervisorPhase.Running) _systemd?.Send("READY=1\nSTATUS=" + StatusLine() + $"; upgraded to gsupervisor {CommandLineReader.Version}");
+        if (_machine.Phase is SupervisorPhase.Running && _machine.OnProbation is null) _systemd?.Send("READY=1\nSTATUS=" + StatusLine() + $"; upgraded to gsupervisor {CommandLineReader.Version}");
         return HandleDeferred() ?? Execute(_machine.Tick());
     }
 }

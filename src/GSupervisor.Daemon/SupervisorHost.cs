@@ -284,6 +284,14 @@ internal sealed partial class SupervisorHost
                 case SupervisorEffect.ServiceReady:
                     _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
                     break;
+                case SupervisorEffect.ProbationStarted p:
+                    SendLine(p.Generation, HandoffProtocol.EncodeProbation(p.Length));
+                    // systemd's reload job goes on until READY=1, which comes when the probation ends.
+                    _systemd?.Send($"STATUS=reloading: generation {p.Generation} is on probation for {Duration.Format(p.Length)}, serving beside generation {p.Predecessor}");
+                    break;
+                case SupervisorEffect.ProbationPassed p:
+                    SendLine(p.Generation, HandoffProtocol.ProbationPassedLine);
+                    break;
                 case SupervisorEffect.ReloadStarted r:
                     _systemd?.Send($"RELOADING=1\nMONOTONIC_USEC={SystemdNotifier.MonotonicMicroseconds()}\nSTATUS=reloading ({r.Source}): starting generation {r.Generation}");
                     break;
@@ -296,6 +304,13 @@ internal sealed partial class SupervisorHost
             }
         }
         return exit;
+    }
+
+    /// <summary>Writes a line to every handoff connection of a generation.</summary>
+    private void SendLine(int generation, string line)
+    {
+        if (_state.Connections.TryGetValue(generation, out var connections))
+            foreach (var c in connections) c.SendLine(line);
     }
 
     /// <summary>One line for systemd's STATUS=: who serves, and how the last reload went.</summary>
@@ -348,8 +363,7 @@ internal sealed partial class SupervisorHost
     private void SendSignal(SupervisorEffect.SendSignal s)
     {
         // Apps on the client library hear "drain" on their handoff connection, whatever the stop signal is.
-        if (s.Signal == _settings.Policy.StopSignal && s.Signal != Signals.SIGKILL && _state.Connections.TryGetValue(s.Generation, out var connections))
-            foreach (var c in connections) c.SendLine(HandoffProtocol.DrainLine);
+        if (s.Signal == _settings.Policy.StopSignal && s.Signal != Signals.SIGKILL) SendLine(s.Generation, HandoffProtocol.DrainLine);
         var target = s.WholeProcessGroup ? -s.Pid : s.Pid;
         _log.Debug("sending {Signal} to {Target}", Signals.Name(s.Signal), s.WholeProcessGroup ? $"process group {s.Pid}" : $"pid {s.Pid}");
         if (Syscall.kill(target, NativeConvert.ToSignum(s.Signal)) != 0)
@@ -411,6 +425,8 @@ internal sealed partial class SupervisorHost
                     serving.Label, HandoffProtocol.DrainField, Signals.Name(_settings.Policy.StopSignal));
             }
         }
+        if (message.FailureReported)
+            exit ??= Execute(_machine.Handle(new SupervisorEvent.FailureReported(generation, channel)));
         if (message.Stopping)
             exit ??= Execute(_machine.Handle(new SupervisorEvent.StoppingReported(generation)));
         return exit;
@@ -446,6 +462,8 @@ internal sealed partial class SupervisorHost
         }
         list.Add(c);
         _log.Debug("handed {Count} listeners to pid {Pid} of generation {Generation} over the handoff socket", _listeners.Count, c.PeerPid, generation);
+        if (_machine.OnProbation is { Number: var onProbation, Deadline: { } end } && onProbation == generation)
+            c.SendLine(HandoffProtocol.EncodeProbation(end - _machine.Now)); // it connected after the probation began
         StartReading(generation, c);
     }
 

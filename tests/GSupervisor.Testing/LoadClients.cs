@@ -69,7 +69,7 @@ public abstract class LoadBase : IDisposable
 public sealed class NewConnectionLoad : LoadBase
 {
     private readonly int _port;
-    private readonly HashSet<string> _generations = [];
+    private readonly Dictionary<string, long> _generations = [];
 
     public NewConnectionLoad(int port, int workers)
     {
@@ -80,7 +80,13 @@ public sealed class NewConnectionLoad : LoadBase
     /// <summary>The gen=N values seen in response bodies.</summary>
     public IReadOnlySet<string> GenerationsSeen
     {
-        get { lock (_generations) return _generations.ToHashSet(); }
+        get { lock (_generations) return _generations.Keys.ToHashSet(); }
+    }
+
+    /// <summary>How many answers came from each generation (gen=N in the body) so far.</summary>
+    public IReadOnlyDictionary<string, long> AnswersByGeneration
+    {
+        get { lock (_generations) return new Dictionary<string, long>(_generations); }
     }
 
     private async Task Work()
@@ -107,7 +113,7 @@ public sealed class NewConnectionLoad : LoadBase
                     continue;
                 }
                 var generation = Regex.Match(text, @"gen=(\d+)").Groups[1].Value;
-                lock (_generations) _generations.Add(generation);
+                lock (_generations) _generations[generation] = _generations.GetValueOrDefault(generation) + 1;
                 Succeeded(started);
             }
             catch (Exception e) when (e is SocketException or OperationCanceledException or IOException)

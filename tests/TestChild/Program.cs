@@ -5,11 +5,13 @@
 //
 //   TestChild [--listeners fds|handoff] [--ready notify|handoff|never] [--ready-after DURATION-MS]
 //             [--exit-before-ready CODE] [--signal-before-ready SIGNUM] [--ignore-term]
-//             [--response-delay-ms N] [--crash-after-ready-ms N] [--crash-on-term-ms N]
+//             [--response-delay-ms N] [--crash-after-ready-ms N] [--fail-after-ready-ms N] [--crash-on-term-ms N]
 //             [--hold-responses-until PREFIX] [--fuzz-sockets COUNT] [--args-file PATH]
 //
 // --hold-responses-until PREFIX: each response waits until the file PREFIX.N exists (N: the generation), so a
 // test decides when a generation's in-flight requests complete.
+// --fail-after-ready-ms N: N ms after ready, report failure (STATUS= and WATCHDOG=trigger) the way it reported ready.
+// It says on stderr when it gets SIGTERM, so a test sees which generations were asked to stop.
 
 using System.Globalization;
 using System.Net.Sockets;
@@ -59,6 +61,7 @@ var ignoreTerm = flags.Contains("--ignore-term");
 using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
 {
     context.Cancel = true;
+    Console.Error.WriteLine($"TestChild pid {Environment.ProcessId}: got SIGTERM");
     if (options.TryGetValue("--crash-on-term-ms", out var crashOnTerm))
         _ = Task.Delay(int.Parse(crashOnTerm, CultureInfo.InvariantCulture)).ContinueWith(_ => Faults.DieBySignal(6 /* SIGABRT */));
     if (!ignoreTerm) stopping.Cancel();
@@ -80,9 +83,17 @@ switch (Opt("--ready", "notify"))
     case "never": break;
 }
 
+if (options.TryGetValue("--fail-after-ready-ms", out var failAfter))
+{
+    await Task.Delay(int.Parse(failAfter, CultureInfo.InvariantCulture));
+    Console.Error.WriteLine("TestChild: reporting failure, as asked");
+    if (Opt("--ready", "notify") == "handoff") client.ReportFailure("the test asked this generation to fail");
+    else NotifyDatagram("STATUS=the test asked this generation to fail\nWATCHDOG=trigger\n");
+}
 if (options.TryGetValue("--crash-after-ready-ms", out var crashAfter))
 {
     await Task.Delay(int.Parse(crashAfter, CultureInfo.InvariantCulture));
+    Console.Error.WriteLine("TestChild: crashing after ready, as asked");
     Environment.Exit(70);
 }
 

@@ -48,6 +48,7 @@ public class BadInputTests
     [TestCase(new[] { "--ready", "sometimes" }, "not a readiness mode")]
     [TestCase(new[] { "--ready", "delay:soon" }, "not a number with a unit")]
     [TestCase(new[] { "--stop-timeout", "5" }, "needs a unit")]
+    [TestCase(new[] { "--probation", "5" }, "--probation: duration '5' needs a unit")]
     [TestCase(new[] { "--ready-timeout", "0s" }, "must be more than 0")]
     [TestCase(new[] { "--stop-signal", "SIGFOO" }, "unknown signal 'SIGFOO'")]
     [TestCase(new[] { "--log-level", "loud" }, "not a level")]

@@ -134,6 +134,38 @@ public partial class ClientTests
     }
 
     [Test]
+    public void ReportFailure_sends_the_reason_and_WATCHDOG_trigger_in_one_datagram()
+    {
+        using var dir = new Integration.TempDirectory();
+        var path = dir.File("notify");
+        using var notify = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        notify.Bind(new UnixDomainSocketEndPoint(path));
+        using var client = GSupervisorClient.Connect(Env(("NOTIFY_SOCKET", path)), Environment.ProcessId, new GSupervisorClientOptions());
+        client.ReportFailure("cache is empty\nand cold");
+        var buffer = new byte[128];
+        notify.ReceiveTimeout = 10_000;
+        var n = notify.Receive(buffer);
+        Assert.That(Encoding.UTF8.GetString(buffer, 0, n), Is.EqualTo("STATUS=cache is empty and cold\nWATCHDOG=trigger\n"));
+    }
+
+    [Test]
+    public void Probation_lines_start_and_end_the_probation()
+    {
+        using var client = GSupervisorClient.Connect(Env(), Environment.ProcessId, new GSupervisorClientOptions());
+        Assert.That(client.ProbationLeft, Is.EqualTo(TimeSpan.Zero));
+        client.OnSupervisorLine("PROBATION ms=bogus");
+        client.OnSupervisorLine("SOMETHING A LATER SUPERVISOR SAYS");
+        Assert.That(client.ProbationStarted.IsCancellationRequested, Is.False);
+        client.OnSupervisorLine("PROBATION ms=5000");
+        Assert.That(client.ProbationStarted.IsCancellationRequested, Is.True);
+        Assert.That(client.ProbationLeft, Is.GreaterThan(TimeSpan.FromSeconds(4)).And.LessThanOrEqualTo(TimeSpan.FromSeconds(5)));
+        client.OnSupervisorLine("PROBATION_PASSED");
+        Assert.That(client.ProbationPassed.IsCancellationRequested, Is.True);
+        Assert.That(client.ProbationLeft, Is.EqualTo(TimeSpan.Zero));
+        Assert.That(client.DrainRequested.IsCancellationRequested, Is.False);
+    }
+
+    [Test]
     public void LISTEN_FDS_for_another_pid_is_ignored()
     {
         // The systemd protocol: the variables are meant only for the process whose pid is LISTEN_PID.

@@ -142,6 +142,18 @@ public class ParsingTests
         Assert.That(m.Fields.ContainsKey("lower"), Is.False);
         Assert.That(NotifyMessage.TryParse("READY=0"u8, out m, out _) && !m!.Ready, Is.True);
         Assert.That(NotifyMessage.TryParse("X_GSUPERVISOR_DRAIN=http (injected)\nREADY=1\n"u8, out m, out _) && m!.Drain == "http (injected)", Is.True);
+        Assert.That(NotifyMessage.TryParse("STATUS=db down\nWATCHDOG=trigger\n"u8, out m, out _) && m!.FailureReported && m.Status == "db down", Is.True);
+        Assert.That(NotifyMessage.TryParse("WATCHDOG=1"u8, out m, out _) && !m!.FailureReported, Is.True, "a watchdog ping is no failure");
+    }
+
+    [Test]
+    public void Probation_lines_round_trip_and_refuse_what_is_not_one()
+    {
+        Assert.That(HandoffProtocol.EncodeProbation(TimeSpan.FromSeconds(5)), Is.EqualTo("PROBATION ms=5000"));
+        Assert.That(HandoffProtocol.EncodeProbation(TimeSpan.FromTicks(-5)), Is.EqualTo("PROBATION ms=0"));
+        Assert.That(HandoffProtocol.TryParseProbation("PROBATION ms=1500", out var left) && left == TimeSpan.FromMilliseconds(1500), Is.True);
+        foreach (var line in new[] { "PROBATION", "PROBATION ms=", "PROBATION ms=-1", "PROBATION ms=1e3", "PROBATION_PASSED", "DRAIN" })
+            Assert.That(HandoffProtocol.TryParseProbation(line, out _), Is.False, line);
     }
 
     [TestCase(null, "/h.dll", "/h.dll")]
