@@ -28,7 +28,9 @@ gsupervisor \- zero-downtime restarts for network services
 gsupervisor binds the listening sockets, runs COMMAND as a child with them at fds 3.. (the systemd
 LISTEN_FDS protocol, and over a handoff socket with SCM_RIGHTS), and on SIGUSR2, SIGHUP or
 \fBgsupervisor reload\fR starts a new child on the same sockets, waits until it reports ready, then
-stops the old one, so no connection is refused or reset. \fBgsupervisor upgrade\fR makes the running
+stops the old one, so no connection is refused or reset. With \fB\-\-probation\fR \fID\fR the old one
+serves beside the new one for D first, and serves on alone if the new one exits or reports failure
+(WATCHDOG=trigger) in that time. \fBgsupervisor upgrade\fR makes the running
 daemon re-execute its binary in place (same pid, children untouched, the new binary checked first);
 installing the package does that for every running daemon.
 .SH OPTIONS

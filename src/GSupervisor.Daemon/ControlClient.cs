@@ -30,7 +30,7 @@ internal sealed class StatusOptions : ControlOptions
 [Verb("reload", HelpText = "Ask the daemon to reload (as SIGUSR2).")]
 internal sealed class ReloadOptions : ControlOptions
 {
-    [Option("wait", HelpText = "Return only when the reload finished: exit 0 if the new generation serves, 1 with the reason if it was rolled back.")]
+    [Option("wait", HelpText = "Return only when the reload finished: exit 0 if the new generation serves (with --probation: once it passed), 1 with the reason if it was rolled back.")]
     public bool Wait { get; set; }
 
     [Option("timeout", Default = "5m", HelpText = "With --wait: give up after this long (exit 75).")]
