@@ -19,6 +19,12 @@ gsupervisor \- zero-downtime restarts for network services
 .B gsupervisor reload
 [\fB\-\-wait\fR] [\fB\-\-timeout\fR \fIDURATION\fR] [\fB\-\-control\fR \fIPATH\fR]
 .br
+.B gsupervisor promote
+[\fB\-\-control\fR \fIPATH\fR]
+.br
+.B gsupervisor rollback
+[\fB\-\-control\fR \fIPATH\fR]
+.br
 .B gsupervisor upgrade
 [\fB\-\-wait\fR] [\fB\-\-timeout\fR \fIDURATION\fR] [\fB\-\-all\fR | \fB\-\-control\fR \fIPATH\fR]
 .br
@@ -42,7 +48,7 @@ cat <<'TAIL'
 .SH CONTROL VERBS
 .nf
 TAIL
-for verb in status reload upgrade stop; do "$bin" "$verb" --help 2>&1 | escape; done
+for verb in status reload promote rollback upgrade stop; do "$bin" "$verb" --help 2>&1 | escape; done
 cat <<'TAIL'
 .fi
 .SH FILES

@@ -98,6 +98,8 @@ public abstract record SupervisorEvent
     public sealed record StoppingReported(int Generation) : SupervisorEvent;
     /// <summary>The generation says it has failed (sd_notify's <c>WATCHDOG=trigger</c>); its STATUS= says why, when it said.</summary>
     public sealed record FailureReported(int Generation, string Channel) : SupervisorEvent;
+    /// <summary>An operator ends the probation now: <paramref name="Passed"/> promotes the generation on probation, else it is rolled back.</summary>
+    public sealed record ProbationEndRequested(bool Passed, string Source) : SupervisorEvent;
 }
 
 /// <summary>Outputs of <see cref="SupervisorStateMachine"/>: what the OS edge must do.</summary>

@@ -194,6 +194,7 @@ public sealed class SupervisorStateMachine
             case SupervisorEvent.DrainAnnounced d: OnDrainAnnounced(fx, d); break;
             case SupervisorEvent.StoppingReported s: OnStopping(fx, s); break;
             case SupervisorEvent.FailureReported f: OnFailureReported(fx, f); break;
+            case SupervisorEvent.ProbationEndRequested p: OnProbationEndRequested(fx, p); break;
             default: throw new ArgumentOutOfRangeException(nameof(e), e, "unknown event");
         }
         return fx;
@@ -228,7 +229,7 @@ public sealed class SupervisorStateMachine
                         (g.Status is { } last ? $" (its last status: {last})" : ""));
                     break;
                 case GenerationState.Probation:
-                    PassProbation(fx, g);
+                    PassProbation(fx, g, $"passed its probation of {Duration.Format(_policy.Probation)}");
                     break;
                 case GenerationState.Draining when !g.Killed:
                     g.Killed = true;
@@ -422,21 +423,38 @@ public sealed class SupervisorStateMachine
         RunPendingReload(fx);
     }
 
-    /// <summary>The probation of <paramref name="g"/> is over without a failure: it serves alone, its predecessor is stopped.</summary>
-    private void PassProbation(List<SupervisorEffect> fx, Generation g)
+    /// <summary>The probation of <paramref name="g"/> is over without a failure (<paramref name="how"/>): it serves alone, its predecessor is stopped.</summary>
+    private void PassProbation(List<SupervisorEffect> fx, Generation g, string how)
     {
         var previous = Serving;
         g.State = GenerationState.Ready;
         g.Deadline = null;
-        var length = Duration.Format(_policy.Probation);
         Log(fx, LogSeverity.Info, previous is null
-            ? $"{g.Label} passed its probation of {length}; serving"
-            : $"{g.Label} passed its probation of {length}; stopping {previous.Label}");
+            ? $"{g.Label} {how}; serving"
+            : $"{g.Label} {how}; stopping {previous.Label}");
         if (previous is not null) StopGeneration(fx, previous, failedToStart: false);
         fx.Add(new SupervisorEffect.ProbationPassed(g.Number));
         if (g.Cause == GenerationCause.Reload)
-            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} passed its probation of {length} and is serving", Now));
+            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} {how} and is serving", Now));
         RunPendingReload(fx);
+    }
+
+    private void OnProbationEndRequested(List<SupervisorEffect> fx, SupervisorEvent.ProbationEndRequested p)
+    {
+        if (OnProbation is not { } g || Phase != SupervisorPhase.Running)
+        {
+            Log(fx, LogSeverity.Info, $"{p.Source}: no generation is on probation; nothing to do");
+            return;
+        }
+        var served = g.ReadyAt is { } ready ? Duration.Format(Now - ready) : "?";
+        if (p.Passed)
+        {
+            PassProbation(fx, g, $"was promoted by {p.Source} after {served} of its probation of {Duration.Format(_policy.Probation)}");
+            return;
+        }
+        Log(fx, LogSeverity.Warning, $"{p.Source}: stopping {g.Label}, which is on probation");
+        StopGeneration(fx, g, failedToStart: false);
+        RollBack(fx, g, $"was stopped by {p.Source}");
     }
 
     /// <summary>

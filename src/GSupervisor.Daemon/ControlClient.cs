@@ -1,8 +1,9 @@
 // Overview
 // --------
-// The verbs `gsupervisor status | reload | upgrade | stop`: thin clients of the daemon's control socket. Each
+// The verbs `gsupervisor status | reload | promote | rollback | upgrade | stop`: thin clients of the daemon's control socket. Each
 // sends one request line and prints the reply, from a server of the caller's own user or root only
-// (SO_PEERCRED). Exit codes: 0 done; 1 the reload failed (rolled back) or the upgrade was refused; 64 usage;
+// (SO_PEERCRED). Exit codes: 0 done; 1 the reload failed (rolled back), the upgrade was refused, or there was no
+// probation to promote or roll back; 64 usage;
 // 69 no daemon answers on the socket; 75 timed out waiting; 77 permission denied, or the server is another
 // user's. `upgrade --all` and `stop --all` do it for every daemon that runs this binary (Os/RunningSupervisors.cs).
 
@@ -37,6 +38,16 @@ internal sealed class ReloadOptions : ControlOptions
     public string Timeout { get; set; } = "5m";
 }
 
+[Verb("promote", HelpText = "End the probation (--probation) now: the generation on probation passes and serves alone, the old one is stopped.")]
+internal sealed class PromoteOptions : ControlOptions
+{
+}
+
+[Verb("rollback", HelpText = "End the probation (--probation) now as failed: the generation on probation is drained and the old one serves on.")]
+internal sealed class RollbackOptions : ControlOptions
+{
+}
+
 [Verb("upgrade", HelpText = "Ask the daemon to re-execute its binary, as it is on disk now, in place: same pid, children untouched. The new binary is checked first; if it fails, the running one goes on.")]
 internal sealed class UpgradeOptions : ControlOptions
 {
@@ -65,18 +76,20 @@ internal static class ControlClient
     public const int ReloadFailed = 1;
     public const int TimedOut = 75;
 
-    public static readonly string[] Verbs = ["status", "reload", "upgrade", "stop"];
+    public static readonly string[] Verbs = ["status", "reload", "promote", "rollback", "upgrade", "stop"];
 
     // CommandLineParser reads the verbs' attributes and sets their properties by reflection (see the csproj).
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StatusOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ReloadOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(PromoteOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RollbackOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(UpgradeOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StopOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ControlOptions))]
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         using var parser = new Parser(s => { s.HelpWriter = null; s.CaseSensitive = true; s.AutoHelp = true; });
-        var parsed = parser.ParseArguments<StatusOptions, ReloadOptions, UpgradeOptions, StopOptions>(args);
+        var parsed = parser.ParseArguments<StatusOptions, ReloadOptions, PromoteOptions, RollbackOptions, UpgradeOptions, StopOptions>(args);
         if (parsed is NotParsed<object> notParsed)
         {
             if (notParsed.Errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError))
@@ -107,6 +120,12 @@ internal static class ControlClient
                 if (u.All) return UpgradeAll(u.Control, upgradeWait, stdout, stderr);
                 request = u.Wait ? "upgrade wait" : "upgrade";
                 if (u.Wait) timeout = upgradeWait;
+                break;
+            case PromoteOptions:
+                request = "promote";
+                break;
+            case RollbackOptions:
+                request = "rollback";
                 break;
             case StopOptions { All: true } s:
                 return TryTimeout(s.Timeout, stderr, out var stopWait) ? StopAll(s.Control, stopWait, stdout, stderr) : ExitCodes.Usage;

@@ -1,5 +1,5 @@
 // The control protocol: what the loop answers on the control socket (see Os/ControlServer.cs for the socket).
-// Requests: "status", "status json", "reload", "reload wait", "upgrade", "upgrade wait", "stop". Replies start
+// Requests: "status", "status json", "reload", "reload wait", "promote", "rollback", "upgrade", "upgrade wait", "stop". Replies start
 // with OK, FAILED (the reload or upgrade did not happen; the rest says why) or ERR (the request itself was wrong).
 
 using GSupervisor.Core;
@@ -41,6 +41,21 @@ internal sealed partial class SupervisorHost
                 if (request.Line == "reload") request.Reply($"OK reload started (generation {target})");
                 else _state.ReloadWaiters.Add((target, request));
                 return exit;
+            case "promote" or "rollback":
+            {
+                var source = "gsupervisor " + request.Line;
+                if (_machine.OnProbation is not { } probation)
+                {
+                    request.Reply("FAILED no generation is on probation");
+                    return null;
+                }
+                var reloadBefore = _machine.LastReload;
+                var decided = Execute(_machine.Handle(new SupervisorEvent.ProbationEndRequested(request.Line == "promote", source)));
+                request.Reply(_machine.LastReload is { } outcome && !ReferenceEquals(outcome, reloadBefore)
+                    ? $"OK {outcome.Message}"
+                    : $"OK {probation.Label} {(request.Line == "promote" ? "promoted" : "rolled back")}");
+                return decided;
+            }
             case "upgrade" or "upgrade wait":
                 return OnUpgradeRequested(request, wait: request.Line == "upgrade wait");
             case "stop":
@@ -53,7 +68,7 @@ internal sealed partial class SupervisorHost
     }
 
     /// <summary>Requests that change what runs wait while an upgrade hands over (status is answered at once).</summary>
-    private static bool ChangesWhatRuns(ControlRequest request) => request.Line is "reload" or "reload wait" or "stop";
+    private static bool ChangesWhatRuns(ControlRequest request) => request.Line is "reload" or "reload wait" or "promote" or "rollback" or "stop";
 
     private StatusReport.Identity Identity() => new(_parts.Executable, _state.Upgrades, _state.LastUpgrade);
 

@@ -198,6 +198,38 @@ public class ProbationTests
     }
 
     [Test]
+    public void Promote_and_rollback_end_a_probation_now()
+    {
+        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "10m", "--", Paths.TestChild]);
+        var port = supervisor.WaitForPort();
+        var firstPid = supervisor.WaitForGenerationPid(1);
+        supervisor.WaitForReady(1);
+        var none = Verb.Run(["promote", "--control", supervisor.ControlPath]);
+        Assert.That(none.Code, Is.EqualTo(1));
+        Assert.That(none.Stderr, Does.Contain("no generation is on probation"));
+
+        var reload = ReloadAndWait(supervisor);
+        supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 10m", Long);
+        var promoted = Verb.Run(["promote", "--control", supervisor.ControlPath]);
+        Assert.That(promoted.Code, Is.EqualTo(0), promoted.Stderr);
+        Assert.That(promoted.Stdout, Does.Match(@"generation 2 \(pid \d+\) was promoted by gsupervisor promote after [\d.]+m?s of its probation of 10m and is serving"));
+        Assert.That(reload.Result.Code, Is.EqualTo(0));
+        supervisor.WaitForLine($@"generation 1 \(pid {firstPid}\) exited", Long);
+
+        var secondPid = supervisor.WaitForGenerationPid(2);
+        reload = ReloadAndWait(supervisor);
+        supervisor.WaitForLine(@"generation 3 \(pid \d+\) is ready .*; on probation for 10m", Long);
+        var rolledBack = Verb.Run(["rollback", "--control", supervisor.ControlPath]);
+        Assert.That(rolledBack.Code, Is.EqualTo(0), rolledBack.Stderr);
+        Assert.That(rolledBack.Stdout, Does.Contain($"was stopped by gsupervisor rollback during its probation").And.Contain($"rolled back: generation 2 (pid {secondPid}) serves alone"));
+        var (code, _, stderr) = reload.Result;
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(stderr, Does.Contain("was stopped by gsupervisor rollback"));
+        supervisor.WaitForLine(@"generation 3 \(pid \d+\) exited with exit code 0", Long);
+        Assert.That(Http.Get(port), Does.EndWith("gen=2"));
+    }
+
+    [Test]
     public void A_probation_crosses_an_upgrade_of_the_supervisor()
     {
         using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "4s", "--", Paths.TestChild]);

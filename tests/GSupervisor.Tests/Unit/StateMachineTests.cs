@@ -626,6 +626,28 @@ public class StateMachineTests
     }
 
     [Test]
+    public void An_operator_ends_a_probation_early_either_way()
+    {
+        ReloadOntoProbation();
+        Advance(TimeSpan.FromSeconds(1));
+        var fx = On(new ProbationEndRequested(true, "gsupervisor promote"));
+        Assert.That(Signals(fx).Single(), Is.EqualTo(new SendSignal(1, PidOf(1), Core.Signals.SIGTERM, WholeProcessGroup: true)));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Message,
+            Is.EqualTo($"generation 2 (pid {PidOf(2)}) was promoted by gsupervisor promote after 1s of its probation of 5s and is serving"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+
+        On(new ReloadRequested("test"));
+        On(new ReadyReported(3, "test"));
+        fx = On(new ProbationEndRequested(false, "gsupervisor rollback"));
+        Assert.That(Signals(fx).Single().Generation, Is.EqualTo(3), "the one on probation drains");
+        var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
+        Assert.That(outcome.Succeeded, Is.False);
+        Assert.That(outcome.Message, Does.Contain("was stopped by gsupervisor rollback during its probation").And.Contain("rolled back: generation 2"));
+        Assert.That(_machine.Serving!.Number, Is.EqualTo(2));
+        Assert.That(On(new ProbationEndRequested(true, "gsupervisor promote")).Where(e => e is not Log), Is.Empty, "no probation: nothing to do");
+    }
+
+    [Test]
     public void A_probation_crosses_an_upgrade_with_its_end()
     {
         ReloadOntoProbation();
@@ -666,6 +688,7 @@ public class StateMachineTests
                 6 when step > 1900 => On(new ShutdownRequested("random", random.Next(2) == 0)),
                 7 when _machine.Generations.FirstOrDefault(g => g.LeaderExit is not null) is { } emptied => On(new ProcessGroupEmpty(emptied.Number)),
                 8 when pick is not null && random.Next(3) == 0 => On(new FailureReported(pick.Number, "random")),
+                9 when random.Next(3) == 0 => On(new ProbationEndRequested(random.Next(2) == 0, "random")),
                 _ => Advance(TimeSpan.FromMilliseconds(random.Next(1, 1500))),
             };
 
