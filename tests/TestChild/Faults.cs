@@ -20,6 +20,19 @@ internal static partial class Faults
         throw new InvalidOperationException($"still alive after signal {signal}");
     }
 
+    [LibraryImport("libc", EntryPoint = "_exit")]
+    private static partial void ExitImmediately(int code);
+
+    /// <summary>
+    /// Exits with <paramref name="code"/> at once, as a crash does: no shutdown in which the accept loops take more
+    /// connections they will never answer (Environment.Exit runs handlers while other threads go on).
+    /// </summary>
+    public static void Crash(int code)
+    {
+        ExitImmediately(code);
+        throw new InvalidOperationException("still alive after _exit");
+    }
+
     /// <summary>Completes when <paramref name="path"/> exists: an inotify watch, no polling.</summary>
     public static Task FileCreated(string path)
     {

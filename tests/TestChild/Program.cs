@@ -94,7 +94,7 @@ if (options.TryGetValue("--crash-after-ready-ms", out var crashAfter))
 {
     await Task.Delay(int.Parse(crashAfter, CultureInfo.InvariantCulture));
     Console.Error.WriteLine("TestChild: crashing after ready, as asked");
-    Environment.Exit(70);
+    Faults.Crash(70);
 }
 
 try

@@ -25,16 +25,40 @@ public class ProbationTests
     private static JsonElement Status(SupervisorProcess supervisor) =>
         JsonDocument.Parse(Verb.Run(["status", "--json", "--control", supervisor.ControlPath]).Stdout).RootElement;
 
+    /// <summary>A supervisor on a port of its own, with generation 1 serving.</summary>
+    private sealed record Running(SupervisorProcess Supervisor, int Port, int FirstPid) : IDisposable
+    {
+        public void Dispose() => Supervisor.Dispose();
+    }
+
+    private static Running Started(string[] arguments, Dictionary<string, string>? environment = null)
+    {
+        var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", .. arguments], environment: environment);
+        try
+        {
+            var port = supervisor.WaitForPort();
+            var firstPid = supervisor.WaitForGenerationPid(1);
+            supervisor.WaitForReady(1);
+            return new Running(supervisor, port, firstPid);
+        }
+        catch
+        {
+            supervisor.Dispose();
+            throw;
+        }
+    }
+
+    private static void LoadsGetGoing(KeepAliveLoad keepAlive, NewConnectionLoad newConnections) =>
+        Poll.Until(() => keepAlive.Successes > 500 && newConnections.Successes > 100, Long, "the load to get going");
+
     [Test]
     public void A_generation_that_dies_during_its_probation_is_rolled_back_and_the_old_one_is_never_asked_to_stop()
     {
         using var dir = new TempDirectory();
         File.WriteAllText(dir.File("args.2"), "--crash-after-ready-ms 1000");
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "5s", "--log-level", "debug",
+        using var started = Started(["--probation", "5s", "--log-level", "debug",
             "--", Paths.TestChild, "--args-file", dir.File("args")]);
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        var (supervisor, port, firstPid) = started;
         const int workers = 4;
         using var load = new NewConnectionLoad(port, workers);
         Poll.Until(() => load.Successes > 50, Long, "the load to get going");
@@ -77,13 +101,11 @@ public class ProbationTests
     [Test]
     public void A_probation_that_passes_stops_the_old_generation_then_and_a_reload_during_it_follows_it()
     {
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "2s", "--", Paths.StockWebApp]);
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        using var started = Started(["--probation", "2s", "--", Paths.StockWebApp]);
+        var (supervisor, port, firstPid) = started;
         using var keepAlive = new KeepAliveLoad(port, connections: 50);
         using var newConnections = new NewConnectionLoad(port, workers: 4);
-        Poll.Until(() => keepAlive.Successes > 500 && newConnections.Successes > 100, Long, "the load to get going");
+        LoadsGetGoing(keepAlive, newConnections);
 
         var clock = Stopwatch.StartNew();
         var reload = ReloadAndWait(supervisor);
@@ -116,14 +138,12 @@ public class ProbationTests
         using var dir = new TempDirectory();
         var health = dir.File("health");
         File.WriteAllText(health, "healthy");
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "20s", "--log-level", "debug", "--", Paths.StockWebApp],
+        using var started = Started(["--probation", "20s", "--log-level", "debug", "--", Paths.StockWebApp],
             environment: new Dictionary<string, string> { ["HEALTH_FILE"] = health, ["GSupervisor__HealthCheckInterval"] = "00:00:00.200" });
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        var (supervisor, port, firstPid) = started;
         using var keepAlive = new KeepAliveLoad(port, connections: 50);
         using var newConnections = new NewConnectionLoad(port, workers: 4);
-        Poll.Until(() => keepAlive.Successes > 500 && newConnections.Successes > 100, Long, "the load to get going");
+        LoadsGetGoing(keepAlive, newConnections);
 
         var reload = ReloadAndWait(supervisor);
         supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 20s", Long);
@@ -159,15 +179,13 @@ public class ProbationTests
     public void A_crash_during_the_probation_fails_only_requests_inside_the_crashed_process()
     {
         const int connections = 50, workers = 8;
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "10s", "--", Paths.StockWebApp]);
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        using var started = Started(["--probation", "10s", "--", Paths.StockWebApp]);
+        var (supervisor, port, firstPid) = started;
         // Connections opened before the reload are all generation 1's; those opened during the probation are shared
         // by both generations through the common accept queue.
         using var keepAliveBefore = new KeepAliveLoad(port, connections);
         using var newConnections = new NewConnectionLoad(port, workers);
-        Poll.Until(() => keepAliveBefore.Successes > 500 && newConnections.Successes > 100, Long, "the load to get going");
+        LoadsGetGoing(keepAliveBefore, newConnections);
 
         var reload = ReloadAndWait(supervisor);
         var newPid = int.Parse(supervisor.WaitForLine(@"generation 2 \(pid (\d+)\) is ready .*; on probation for 10s", Long).Groups[1].Value);
@@ -200,10 +218,8 @@ public class ProbationTests
     [Test]
     public void Promote_and_rollback_end_a_probation_now()
     {
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "10m", "--", Paths.TestChild]);
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        using var started = Started(["--probation", "10m", "--", Paths.TestChild]);
+        var (supervisor, port, firstPid) = started;
         var none = Verb.Run(["promote", "--control", supervisor.ControlPath]);
         Assert.That(none.Code, Is.EqualTo(1));
         Assert.That(none.Stderr, Does.Contain("no generation is on probation"));
@@ -232,10 +248,8 @@ public class ProbationTests
     [Test]
     public void A_probation_crosses_an_upgrade_of_the_supervisor()
     {
-        using var supervisor = SupervisorProcess.Start(["--listen", "127.0.0.1:0", "--probation", "4s", "--", Paths.TestChild]);
-        var port = supervisor.WaitForPort();
-        var firstPid = supervisor.WaitForGenerationPid(1);
-        supervisor.WaitForReady(1);
+        using var started = Started(["--probation", "4s", "--", Paths.TestChild]);
+        var (supervisor, port, firstPid) = started;
         var reload = ReloadAndWait(supervisor);
         supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 4s", Long);
 
