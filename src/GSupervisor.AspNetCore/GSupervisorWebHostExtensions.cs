@@ -420,7 +420,13 @@ internal sealed class GSupervisorLifetime(
             {
                 return;
             }
-            if (over.IsCancellationRequested) return; // passed (or drained) while the checks ran
+            catch (Exception e)
+            {
+                logger.LogError(e, "Could not run the health checks during the probation; no longer watching them");
+                return;
+            }
+            // Passed (or drained) while the checks ran; a report at the very end would reach a generation that serves alone.
+            if (over.IsCancellationRequested || client.ProbationLeft <= TimeSpan.Zero) return;
             if (report.Status == HealthStatus.Unhealthy)
             {
                 var why = Describe(report, HealthStatus.Unhealthy);

@@ -282,16 +282,29 @@ public sealed class GSupervisorClient : IDisposable
     {
         if (line == HandoffProtocol.DrainLine)
         {
-            _drain.Cancel();
+            Cancel(_drain, nameof(DrainRequested));
         }
         else if (line == HandoffProtocol.ProbationPassedLine)
         {
-            _probationPassed.Cancel();
+            Cancel(_probationPassed, nameof(ProbationPassed));
         }
         else if (HandoffProtocol.TryParseProbation(line, out var left))
         {
             Interlocked.Exchange(ref _probationEndsAt, Environment.TickCount64 + (long)left.TotalMilliseconds);
-            _probationStarted.Cancel();
+            Cancel(_probationStarted, nameof(ProbationStarted));
+        }
+    }
+
+    /// <summary>Runs the app's callbacks of a token; one that throws must not end the thread that reads the supervisor's lines.</summary>
+    private static void Cancel(CancellationTokenSource source, string token)
+    {
+        try
+        {
+            source.Cancel();
+        }
+        catch (AggregateException e)
+        {
+            Console.Error.WriteLine($"GSupervisor.Client: a callback of {token} threw: {e.InnerException?.Message ?? e.Message}");
         }
     }
 

@@ -496,6 +496,9 @@ public sealed class SupervisorStateMachine
             case GenerationState.Ready when OnProbation is { } successor:
                 Log(fx, LogSeverity.Warning, $"{g.Label} {said} while {successor.Label} is on probation beside it; the probation goes on");
                 break;
+            case GenerationState.Ready when Starting is { } replacement:
+                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while serving; {replacement.Label} is already starting to replace it");
+                break;
             case GenerationState.Ready when _policy.Restart:
                 // As systemd restarts a service on WATCHDOG=trigger, but without a gap: a new generation starts
                 // beside it, and the failed one serves until its replacement is ready.

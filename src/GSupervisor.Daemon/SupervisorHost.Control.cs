@@ -49,11 +49,11 @@ internal sealed partial class SupervisorHost
                     request.Reply("FAILED no generation is on probation");
                     return null;
                 }
-                var reloadBefore = _machine.LastReload;
-                var decided = Execute(_machine.Handle(new SupervisorEvent.ProbationEndRequested(request.Line == "promote", source)));
-                request.Reply(_machine.LastReload is { } outcome && !ReferenceEquals(outcome, reloadBefore)
-                    ? $"OK {outcome.Message}"
-                    : $"OK {probation.Label} {(request.Line == "promote" ? "promoted" : "rolled back")}");
+                var effects = _machine.Handle(new SupervisorEvent.ProbationEndRequested(request.Line == "promote", source));
+                // Its own outcome: a reload queued behind the probation may start (and finish) in the same step.
+                var outcome = effects.OfType<SupervisorEffect.ReloadFinished>().FirstOrDefault(r => r.Outcome.Generation == probation.Number)?.Outcome;
+                var decided = Execute(effects);
+                request.Reply(outcome is not null ? $"OK {outcome.Message}" : $"OK {probation.Label} {(request.Line == "promote" ? "promoted" : "rolled back")}");
                 return decided;
             }
             case "upgrade" or "upgrade wait":

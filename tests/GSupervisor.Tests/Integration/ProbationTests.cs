@@ -63,25 +63,16 @@ public class ProbationTests
         using var load = new NewConnectionLoad(port, workers);
         Poll.Until(() => load.Successes > 50, Long, "the load to get going");
 
-        var clock = Stopwatch.StartNew();
         var reload = ReloadAndWait(supervisor);
         supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready \(READY=1 via NOTIFY_SOCKET, after [\d.]+m?s\); on probation for 5s, serving beside generation 1 \(pid \d+\)", Long);
         var atProbationStart = load.AnswersByGeneration;
-        var status = Status(supervisor);
-        Assert.That(status.GetProperty("probation").GetProperty("generation").GetInt32(), Is.EqualTo(2));
-        Assert.That(status.GetProperty("probation").GetProperty("secondsLeft").GetDouble(), Is.InRange(0.01, 5));
-        Assert.That(status.GetProperty("probation").GetProperty("lengthSeconds").GetDouble(), Is.EqualTo(5));
-        Assert.That(status.GetProperty("serving").GetProperty("generation").GetInt32(), Is.EqualTo(1), "generation 1 still serves");
-        Assert.That(status.GetProperty("generations")[1].GetProperty("state").GetString(), Is.EqualTo("probation"));
-        Assert.That(Verb.Run(["status", "--control", supervisor.ControlPath]).Stdout, Does.Match(@"probation: generation 2 \(pid \d+\) serves beside it, [\d.]+m?s left of 5s"));
 
         var (code, stdout, stderr) = reload.Result;
-        var took = clock.Elapsed;
-        TestContext.Out.WriteLine($"reload --wait returned {code} after {took.TotalSeconds:0.00}s: {stdout}{stderr}");
+        TestContext.Out.WriteLine($"reload --wait returned {code}: {stdout}{stderr}");
         Assert.That(code, Is.EqualTo(1));
-        Assert.That(stdout + stderr, Does.Match($@"generation 2 \(pid \d+\) exited with exit code 70 during its probation, [\d.]+s after it was ready; rolled back: generation 1 \(pid {firstPid}\) serves alone"));
+        // "1s after it was ready" (give or take a slow machine), not the 5s of the probation: the rollback came with the exit.
+        Assert.That(stdout + stderr, Does.Match($@"generation 2 \(pid \d+\) exited with exit code 70 during its probation, (\d+ms|[1-4](\.\d)?s) after it was ready; rolled back: generation 1 \(pid {firstPid}\) serves alone"));
         Assert.That(stdout + stderr, Does.Contain("TestChild: crashing after ready, as asked"), "the new child's last output");
-        Assert.That(took, Is.LessThan(TimeSpan.FromSeconds(5)), "the rollback came with the exit, not at the probation's end");
         var duringProbation = load.AnswersByGeneration;
         Assert.That(duringProbation.GetValueOrDefault("2"), Is.GreaterThan(0), "generation 2 served during its probation");
         Assert.That(duringProbation["1"], Is.GreaterThan(atProbationStart["1"]), "and generation 1 served beside it");
@@ -101,7 +92,7 @@ public class ProbationTests
     [Test]
     public void A_probation_that_passes_stops_the_old_generation_then_and_a_reload_during_it_follows_it()
     {
-        using var started = Started(["--probation", "2s", "--", Paths.StockWebApp]);
+        using var started = Started(["--probation", "4s", "--", Paths.StockWebApp]);
         var (supervisor, port, firstPid) = started;
         using var keepAlive = new KeepAliveLoad(port, connections: 50);
         using var newConnections = new NewConnectionLoad(port, workers: 4);
@@ -109,7 +100,7 @@ public class ProbationTests
 
         var clock = Stopwatch.StartNew();
         var reload = ReloadAndWait(supervisor);
-        supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 2s", Long);
+        supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 4s", Long);
         Assert.That(Native.IsAlive(firstPid), Is.True);
         var queued = Verb.Run(["reload", "--control", supervisor.ControlPath]);
         Assert.That(queued.Stdout, Does.Contain("reload queued behind the probation of generation 2 (generation 3)"));
@@ -117,16 +108,16 @@ public class ProbationTests
         var (code, stdout, stderr) = reload.Result;
         var took = clock.Elapsed;
         Assert.That(code, Is.EqualTo(0), stdout + stderr);
-        Assert.That(stdout, Does.Match(@"reload succeeded: generation 2 \(pid \d+\) passed its probation of 2s and is serving"));
-        Assert.That(took, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(2)), "--wait returns when the probation ends");
+        Assert.That(stdout, Does.Match(@"reload succeeded: generation 2 \(pid \d+\) passed its probation of 4s and is serving"));
+        Assert.That(took, Is.GreaterThanOrEqualTo(TimeSpan.FromSeconds(4)), "--wait returns when the probation ends");
         supervisor.WaitForLine($@"generation 1 \(pid {firstPid}\) exited", Long);
-        supervisor.WaitForLine(@"generation 3 \(pid \d+\) is ready .*; on probation for 2s, serving beside generation 2", Long);
+        supervisor.WaitForLine(@"generation 3 \(pid \d+\) is ready .*; on probation for 4s, serving beside generation 2", Long);
         supervisor.WaitForLine(@"reload succeeded: generation 3 \(pid \d+\) passed its probation", Long);
         Http.UntilGeneration(() => Http.Get(port), 3);
 
         keepAlive.Stop();
         newConnections.Stop();
-        TestContext.Out.WriteLine($"two reloads with a 2s probation each: keep-alive {keepAlive.Successes} requests on {keepAlive.ConnectionsOpened} connections, " +
+        TestContext.Out.WriteLine($"two reloads with a 4s probation each: keep-alive {keepAlive.Successes} requests on {keepAlive.ConnectionsOpened} connections, " +
             $"{keepAlive.Failures.Count} failed; new connections {newConnections.Successes} requests, {newConnections.Failures.Count} failed");
         Assert.That(keepAlive.Failures, Is.Empty);
         Assert.That(newConnections.Failures, Is.Empty);
@@ -148,6 +139,11 @@ public class ProbationTests
         var reload = ReloadAndWait(supervisor);
         supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 20s", Long);
         supervisor.WaitForLine(@"On probation for [\d:.]+: health checks run every 00:00:00.2000000", Long);
+        // Connections opened now are shared by both generations: generation 2's must drain, not fail.
+        using var keepAliveDuring = new KeepAliveLoad(port, connections: 50);
+        var answered = newConnections.AnswersByGeneration.GetValueOrDefault("2");
+        Poll.Until(() => keepAliveDuring.Successes > 500 && newConnections.AnswersByGeneration.GetValueOrDefault("2") > answered + 20, Long,
+            "generation 2 to answer during its probation");
         var clock = Stopwatch.StartNew();
         File.WriteAllText(health, "unhealthy"); // generation 1 is not on probation: it does not act on its checks
 
@@ -162,13 +158,16 @@ public class ProbationTests
         Http.UntilGeneration(() => Http.Get(port), 1);
         File.WriteAllText(health, "healthy");
 
-        var before = keepAlive.Successes;
-        Poll.Until(() => keepAlive.Successes > before + 500, Long, "requests after the rollback");
+        var before = keepAliveDuring.Successes;
+        Poll.Until(() => keepAliveDuring.Successes > before + 500, Long, "requests after the rollback");
         keepAlive.Stop();
+        keepAliveDuring.Stop();
         newConnections.Stop();
-        TestContext.Out.WriteLine($"rollback by failure report: keep-alive {keepAlive.Successes} requests on {keepAlive.ConnectionsOpened} connections, " +
-            $"{keepAlive.Failures.Count} failed; new connections {newConnections.Successes} requests, {newConnections.Failures.Count} failed");
-        Assert.That(keepAlive.Failures, Is.Empty, "generation 2 drained");
+        TestContext.Out.WriteLine($"rollback by failure report: keep-alive {keepAlive.Successes} requests on {keepAlive.ConnectionsOpened} connections opened before the reload, " +
+            $"{keepAlive.Failures.Count} failed; {keepAliveDuring.Successes} on {keepAliveDuring.ConnectionsOpened} opened during the probation, {keepAliveDuring.Failures.Count} failed; " +
+            $"new connections {newConnections.Successes} requests, {newConnections.Failures.Count} failed");
+        Assert.That(keepAlive.Failures, Is.Empty);
+        Assert.That(keepAliveDuring.Failures, Is.Empty, "generation 2 drained");
         Assert.That(newConnections.Failures, Is.Empty);
         Assert.That(Native.IsAlive(firstPid), Is.True);
         Assert.That(supervisor.Output, Does.Not.Contain($"to process group {firstPid}"), "generation 1 was never sent its stop signal");
@@ -179,7 +178,7 @@ public class ProbationTests
     public void A_crash_during_the_probation_fails_only_requests_inside_the_crashed_process()
     {
         const int connections = 50, workers = 8;
-        using var started = Started(["--probation", "10s", "--", Paths.StockWebApp]);
+        using var started = Started(["--probation", "60s", "--", Paths.StockWebApp]);
         var (supervisor, port, firstPid) = started;
         // Connections opened before the reload are all generation 1's; those opened during the probation are shared
         // by both generations through the common accept queue.
@@ -188,11 +187,12 @@ public class ProbationTests
         LoadsGetGoing(keepAliveBefore, newConnections);
 
         var reload = ReloadAndWait(supervisor);
-        var newPid = int.Parse(supervisor.WaitForLine(@"generation 2 \(pid (\d+)\) is ready .*; on probation for 10s", Long).Groups[1].Value);
+        var newPid = int.Parse(supervisor.WaitForLine(@"generation 2 \(pid (\d+)\) is ready .*; on probation for 1m", Long).Groups[1].Value);
         using var keepAliveDuring = new KeepAliveLoad(port, connections);
         var answered = newConnections.AnswersByGeneration.GetValueOrDefault("2");
         Poll.Until(() => newConnections.AnswersByGeneration.GetValueOrDefault("2") > answered + 50 && keepAliveDuring.Successes > 1000, Long,
             "generation 2 to take its share of the load");
+        Assert.That(Status(supervisor).GetProperty("probation").GetProperty("pid").GetInt32(), Is.EqualTo(newPid), "still on probation");
         Assert.That(Native.Kill(newPid, SIGKILL), Is.EqualTo(0));
 
         var (code, stdout, stderr) = reload.Result;
@@ -226,6 +226,14 @@ public class ProbationTests
 
         var reload = ReloadAndWait(supervisor);
         supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 10m", Long);
+        var status = Status(supervisor);
+        Assert.That(status.GetProperty("probation").GetProperty("generation").GetInt32(), Is.EqualTo(2));
+        Assert.That(status.GetProperty("probation").GetProperty("secondsLeft").GetDouble(), Is.InRange(500, 600));
+        Assert.That(status.GetProperty("probation").GetProperty("lengthSeconds").GetDouble(), Is.EqualTo(600));
+        Assert.That(status.GetProperty("serving").GetProperty("pid").GetInt32(), Is.EqualTo(firstPid), "generation 1 still serves");
+        Assert.That(status.GetProperty("generations")[1].GetProperty("state").GetString(), Is.EqualTo("probation"));
+        Assert.That(Verb.Run(["status", "--control", supervisor.ControlPath]).Stdout,
+            Does.Match(@"probation: generation 2 \(pid \d+\) serves beside it, \d+m\d*s? left of 10m; it replaces generation 1 then"));
         var promoted = Verb.Run(["promote", "--control", supervisor.ControlPath]);
         Assert.That(promoted.Code, Is.EqualTo(0), promoted.Stderr);
         Assert.That(promoted.Stdout, Does.Match(@"generation 2 \(pid \d+\) was promoted by gsupervisor promote after [\d.]+m?s of its probation of 10m and is serving"));
@@ -248,21 +256,23 @@ public class ProbationTests
     [Test]
     public void A_probation_crosses_an_upgrade_of_the_supervisor()
     {
-        using var started = Started(["--probation", "4s", "--", Paths.TestChild]);
+        using var started = Started(["--probation", "8s", "--", Paths.TestChild]);
         var (supervisor, port, firstPid) = started;
         var reload = ReloadAndWait(supervisor);
-        supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 4s", Long);
+        supervisor.WaitForLine(@"generation 2 \(pid \d+\) is ready .*; on probation for 8s", Long);
+        var leftBefore = Status(supervisor).GetProperty("probation").GetProperty("secondsLeft").GetDouble();
 
         var upgrade = Verb.Run(["upgrade", "--wait", "--control", supervisor.ControlPath]);
         Assert.That(upgrade.Code, Is.EqualTo(0), upgrade.Stdout + upgrade.Stderr);
         var status = Status(supervisor);
         Assert.That(status.GetProperty("upgrades").GetInt32(), Is.EqualTo(1));
         Assert.That(status.GetProperty("probation").GetProperty("generation").GetInt32(), Is.EqualTo(2), "the probation goes on in the new image");
+        Assert.That(status.GetProperty("probation").GetProperty("secondsLeft").GetDouble(), Is.LessThan(leftBefore), "with its deadline, not a new one");
         Assert.That(Native.IsAlive(firstPid), Is.True);
 
         var (code, stdout, stderr) = reload.Result;
         Assert.That(code, Is.EqualTo(0), stdout + stderr);
-        Assert.That(stdout, Does.Contain("passed its probation of 4s"), "the waiting reload --wait crossed the upgrade and was answered at the probation's end");
+        Assert.That(stdout, Does.Contain("passed its probation of 8s"), "the waiting reload --wait crossed the upgrade and was answered at the probation's end");
         supervisor.WaitForLine($@"generation 1 \(pid {firstPid}\) exited", Long);
         Http.UntilGeneration(() => Http.Get(port), 2);
     }

@@ -607,10 +607,13 @@ public class StateMachineTests
         Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Message, Does.Contain("reported failure (WATCHDOG=trigger via NOTIFY_SOCKET) before it was ready"));
         Assert.That(_machine.Serving!.Number, Is.EqualTo(1));
 
-        // While serving alone: replaced without a gap, as by a reload.
+        // While serving alone: replaced without a gap, as by a reload; once, however often it reports.
         fx = On(new FailureReported(1, "handoff socket"));
         Assert.That(Signals(fx), Is.Empty);
         Assert.That(fx.OfType<ReloadStarted>().Single(), Is.EqualTo(new ReloadStarted(3, "generation 1 (pid 1001) reported failure")));
+        fx = On(new FailureReported(1, "handoff socket"));
+        Assert.That(fx.Where(e => e is not Log), Is.Empty);
+        Assert.That(_machine.ReloadPending, Is.False, "its replacement is starting already");
 
         // The old one's report while the new one is on probation changes nothing: the probation decides.
         On(new ReadyReported(3, "test"));
@@ -659,10 +662,11 @@ public class StateMachineTests
         Assert.That(Signals(fx).Single().Generation, Is.EqualTo(1));
         Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.Succeeded, Is.True);
 
+        ReloadOntoProbation();
         var snapshot = _machine.Export();
-        snapshot.Generations[1].State = nameof(GenerationState.Probation);
-        snapshot.Generations[1].DeadlineUs = null;
-        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot), Throws.TypeOf<SnapshotException>(), "a probation without an end");
+        snapshot.Generations.Single(g => g.State == nameof(GenerationState.Probation)).DeadlineUs = null;
+        Assert.That(() => SupervisorStateMachine.Import(_machine.Policy, _clock, snapshot),
+            Throws.TypeOf<SnapshotException>().With.Message.Contains("a generation on probation without its end"));
     }
 
     [Test]
