@@ -6,21 +6,29 @@ namespace GSupervisor.Daemon;
 
 /// <summary>
 /// The environment every generation starts with: the supervisor's own (as it was started), less what the
-/// supervisor owns (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*, GSUPERVISOR_*), plus the child contract's variables.
-/// GSUPERVISOR_GENERATION is added per spawn, LISTEN_PID by the exec helper.
+/// supervisor owns (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*, GSUPERVISOR_*, and the two peers' variables below), plus
+/// the child contract's variables. GSUPERVISOR_GENERATION and SERVER_STARTER_GENERATION are added per spawn,
+/// LISTEN_PID by the exec helper.
+/// <para>
+/// So that apps written for the two most used peers run unchanged, the same fds are also described as
+/// Server::Starter does (<c>SERVER_STARTER_PORT=ADDRESS=FD;...</c>: a bare port for all interfaces, HOST:PORT, or a
+/// Unix socket's path) and as einhorn does (<c>EINHORN_FD_COUNT=N</c>, <c>EINHORN_FD_0=3</c>, ...).
+/// </para>
 /// </summary>
 internal static class ChildEnvironment
 {
     public static List<string> Build(RunSettings settings, IReadOnlyList<BoundListener> listeners, string notifyPath, string handoffPath, string? dotnetHook)
     {
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+            "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION", "EINHORN_FD_COUNT",
             .. dotnetHook is null ? Array.Empty<string>() : [StartupHooks.Variable]];
         // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
         string[] account = settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
         var environment = new List<string>();
         foreach (var (key, value) in ProcessEnvironment.Read())
         {
-            if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)) continue;
+            if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal) ||
+                key.StartsWith("EINHORN_FD_", StringComparison.Ordinal)) continue;
             environment.Add($"{key}={value}");
         }
         // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
@@ -33,6 +41,9 @@ internal static class ChildEnvironment
         {
             environment.Add("LISTEN_FDS=" + listeners.Count.ToString(CultureInfo.InvariantCulture));
             environment.Add("LISTEN_FDNAMES=" + string.Join(':', listeners.Select(l => l.Spec.FdName)));
+            environment.Add("SERVER_STARTER_PORT=" + string.Join(';', listeners.Select((l, i) => $"{ServerStarterAddress(l)}={3 + i}")));
+            environment.Add("EINHORN_FD_COUNT=" + listeners.Count.ToString(CultureInfo.InvariantCulture));
+            environment.AddRange(listeners.Select((_, i) => $"EINHORN_FD_{i}={3 + i}"));
         }
         environment.Add("NOTIFY_SOCKET=" + notifyPath);
         environment.Add("GSUPERVISOR_HANDOFF=" + handoffPath);
@@ -44,4 +55,10 @@ internal static class ChildEnvironment
         }
         return environment;
     }
+
+    /// <summary>A listener as start_server names it: 8080 (all interfaces), 127.0.0.1:8080, [::1]:8080 or /run/app.sock.</summary>
+    internal static string ServerStarterAddress(BoundListener listener) =>
+        listener.Address.StartsWith("unix:", StringComparison.Ordinal) ? listener.Address["unix:".Length..]
+        : listener.Spec.Kind == ListenKind.TcpAnyAddress ? listener.Address[(listener.Address.LastIndexOf(':') + 1)..]
+        : listener.Address;
 }

@@ -327,6 +327,7 @@ internal sealed partial class SupervisorHost
         var environment = new List<string>(_baseEnvironment)
         {
             "GSUPERVISOR_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture),
+            "SERVER_STARTER_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture), // Server::Starter's name for it
         };
         var argv = _settings.Command.ToList();
         (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
