@@ -108,7 +108,8 @@ public abstract record SupervisorEffect
     /// <summary>Start generation <paramref name="Generation"/>; answer with ChildSpawned or SpawnFailed.</summary>
     public sealed record SpawnGeneration(int Generation) : SupervisorEffect;
     public sealed record SendSignal(int Generation, int Pid, int Signal, bool WholeProcessGroup) : SupervisorEffect;
-    public sealed record Log(LogSeverity Severity, string Message) : SupervisorEffect;
+    /// <summary>A log line; <paramref name="Generation"/> and <paramref name="Pid"/> name the generation it is about, if any.</summary>
+    public sealed record Log(LogSeverity Severity, string Message, int? Generation = null, int? Pid = null) : SupervisorEffect;
     public sealed record ReloadFinished(ReloadOutcome Outcome) : SupervisorEffect;
     /// <summary>A reload began: generation <paramref name="Generation"/> is being started to replace the serving one.</summary>
     public sealed record ReloadStarted(int Generation, string Source) : SupervisorEffect;

@@ -223,7 +223,7 @@ public sealed class SupervisorStateMachine
                 case GenerationState.Starting:
                     Log(fx, LogSeverity.Error,
                         $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}; " +
-                        "if the app does not speak sd_notify, use --ready delay:2s, or raise --ready-timeout if it starts slowly");
+                        "if the app does not speak sd_notify, use --ready delay:2s, or raise --ready-timeout if it starts slowly", g);
                     StopGeneration(fx, g, failedToStart: true);
                     StartFailed(fx, g, $"{g.Label} sent no READY=1 within {Duration.Format(_policy.ReadyTimeout)}" +
                         (g.Status is { } last ? $" (its last status: {last})" : ""));
@@ -235,12 +235,12 @@ public sealed class SupervisorStateMachine
                     g.Killed = true;
                     Log(fx, LogSeverity.Warning, g.LeaderExit is null
                         ? $"{g.Label} did not exit within {Duration.Format(_policy.StopTimeout)} of {Signals.Name(_policy.StopSignal)}; sending SIGKILL to its process group"
-                        : $"the process group of {g.Label} still had processes {Duration.Format(_policy.StopTimeout)} after {Signals.Name(_policy.StopSignal)}; sending SIGKILL to it");
+                        : $"the process group of {g.Label} still had processes {Duration.Format(_policy.StopTimeout)} after {Signals.Name(_policy.StopSignal)}; sending SIGKILL to it", g);
                     fx.Add(new SupervisorEffect.SendSignal(g.Number, g.Pid!.Value, Signals.SIGKILL, WholeProcessGroup: true));
                     if (g.LeaderExit is not null) g.Deadline = now + KillGrace;
                     break;
                 case GenerationState.Draining when g.LeaderExit is { } leaderExit:
-                    Log(fx, LogSeverity.Warning, $"processes of the group of {g.Label} outlived SIGKILL by {Duration.Format(KillGrace)}; no longer waiting for them");
+                    Log(fx, LogSeverity.Warning, $"processes of the group of {g.Label} outlived SIGKILL by {Duration.Format(KillGrace)}; no longer waiting for them", g);
                     Finish(fx, g, leaderExit, groupPid: null);
                     break;
             }
@@ -329,7 +329,7 @@ public sealed class SupervisorStateMachine
         }
         g.Deadline = Now + (_policy.ReadyMode == ReadyMode.Delay ? _policy.ReadyDelay : _policy.ReadyTimeout);
         Log(fx, LogSeverity.Info, $"{g.Label} started{CauseText(g)}; waiting for " +
-            (_policy.ReadyMode == ReadyMode.Delay ? $"it to stay up {Duration.Format(_policy.ReadyDelay)}" : $"READY=1 (timeout {Duration.Format(_policy.ReadyTimeout)})"));
+            (_policy.ReadyMode == ReadyMode.Delay ? $"it to stay up {Duration.Format(_policy.ReadyDelay)}" : $"READY=1 (timeout {Duration.Format(_policy.ReadyTimeout)})"), g);
     }
 
     private static string CauseText(Generation g) => g.Cause switch
@@ -343,7 +343,7 @@ public sealed class SupervisorStateMachine
     {
         var g = FindByNumber(f.Generation);
         if (g is null || g.Pid is not null) return;
-        Log(fx, LogSeverity.Error, $"{g.Label} could not be started: {f.Reason}");
+        Log(fx, LogSeverity.Error, $"{g.Label} could not be started: {f.Reason}", g);
         g.State = GenerationState.Exited;
         _generations.Remove(g);
         fx.Add(new SupervisorEffect.GenerationGone(g.Number, null));
@@ -361,7 +361,7 @@ public sealed class SupervisorStateMachine
         if (g is null) return;
         if (g.State != GenerationState.Starting || Phase == SupervisorPhase.ShuttingDown)
         {
-            Log(fx, LogSeverity.Debug, $"{g.Label} reported READY=1 via {r.Channel} while {g.State.ToString().ToLowerInvariant()}; nothing to do");
+            Log(fx, LogSeverity.Debug, $"{g.Label} reported READY=1 via {r.Channel} while {g.State.ToString().ToLowerInvariant()}; nothing to do", g);
             return;
         }
         BecomeReady(fx, g, $"READY=1 via {r.Channel}");
@@ -371,20 +371,20 @@ public sealed class SupervisorStateMachine
     {
         if (FindByNumber(s.Generation) is not { } g) return;
         g.Status = s.Status;
-        Log(fx, LogSeverity.Debug, $"{g.Label} status: {s.Status}");
+        Log(fx, LogSeverity.Debug, $"{g.Label} status: {s.Status}", g);
     }
 
     private void OnDrainAnnounced(List<SupervisorEffect> fx, SupervisorEvent.DrainAnnounced d)
     {
         if (FindByNumber(d.Generation) is not { } g) return;
         g.Drain = d.Description;
-        Log(fx, LogSeverity.Debug, $"{g.Label} drains: {d.Description}");
+        Log(fx, LogSeverity.Debug, $"{g.Label} drains: {d.Description}", g);
     }
 
     private void OnStopping(List<SupervisorEffect> fx, SupervisorEvent.StoppingReported s)
     {
         if (FindByNumber(s.Generation) is not { } g) return;
-        Log(fx, g.State == GenerationState.Draining ? LogSeverity.Debug : LogSeverity.Info, $"{g.Label} reported STOPPING=1");
+        Log(fx, g.State == GenerationState.Draining ? LogSeverity.Debug : LogSeverity.Info, $"{g.Label} reported STOPPING=1", g);
     }
 
     private void BecomeReady(List<SupervisorEffect> fx, Generation g, string how)
@@ -399,18 +399,18 @@ public sealed class SupervisorStateMachine
             // Both serve from the shared accept queue; the predecessor is stopped only when the probation passes.
             g.State = GenerationState.Probation;
             g.Deadline = now + _policy.Probation;
-            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); on probation for {Duration.Format(_policy.Probation)}, serving beside {previous.Label}");
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); on probation for {Duration.Format(_policy.Probation)}, serving beside {previous.Label}", g);
             fx.Add(new SupervisorEffect.ProbationStarted(g.Number, _policy.Probation, previous.Number));
             return;
         }
         g.State = GenerationState.Ready;
         if (previous is null)
         {
-            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); serving");
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); serving", g);
         }
         else
         {
-            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); stopping {previous.Label}");
+            Log(fx, LogSeverity.Info, $"{g.Label} is ready ({how}, after {took}); stopping {previous.Label}", g);
             StopGeneration(fx, previous, failedToStart: false);
         }
         if (Phase == SupervisorPhase.Starting)
@@ -431,7 +431,7 @@ public sealed class SupervisorStateMachine
         g.Deadline = null;
         Log(fx, LogSeverity.Info, previous is null
             ? $"{g.Label} {how}; serving"
-            : $"{g.Label} {how}; stopping {previous.Label}");
+            : $"{g.Label} {how}; stopping {previous.Label}", g);
         if (previous is not null) StopGeneration(fx, previous, failedToStart: false);
         fx.Add(new SupervisorEffect.ProbationPassed(g.Number));
         if (g.Cause == GenerationCause.Reload)
@@ -452,7 +452,7 @@ public sealed class SupervisorStateMachine
             PassProbation(fx, g, $"was promoted by {p.Source} after {served} of its probation of {Duration.Format(_policy.Probation)}");
             return;
         }
-        Log(fx, LogSeverity.Warning, $"{p.Source}: stopping {g.Label}, which is on probation");
+        Log(fx, LogSeverity.Warning, $"{p.Source}: stopping {g.Label}, which is on probation", g);
         StopGeneration(fx, g, failedToStart: false);
         RollBack(fx, g, $"was stopped by {p.Source}");
     }
@@ -467,7 +467,7 @@ public sealed class SupervisorStateMachine
         var after = g.ReadyAt is { } ready ? $", {Duration.Format(Now - ready)} after it was ready" : "";
         var message = $"{g.Label} {what} during its probation{after}; rolled back: " +
             (serving is null ? "nothing else is serving" : $"{serving.Label} serves alone");
-        Log(fx, LogSeverity.Warning, message);
+        Log(fx, LogSeverity.Warning, message, g);
         FinishReload(fx, new ReloadOutcome(g.Number, false, message, Now));
         RunPendingReload(fx);
     }
@@ -478,38 +478,38 @@ public sealed class SupervisorStateMachine
         var said = $"reported failure (WATCHDOG=trigger via {f.Channel}{(g.Status is { } status ? $"; its status: {status}" : "")})";
         if (Phase == SupervisorPhase.ShuttingDown)
         {
-            Log(fx, LogSeverity.Info, $"{g.Label} {said} while the supervisor shuts down");
+            Log(fx, LogSeverity.Info, $"{g.Label} {said} while the supervisor shuts down", g);
             return;
         }
         switch (g.State)
         {
             case GenerationState.Probation:
-                Log(fx, LogSeverity.Error, $"{g.Label} {said} during its probation; stopping it");
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} during its probation; stopping it", g);
                 StopGeneration(fx, g, failedToStart: false);
                 RollBack(fx, g, said);
                 break;
             case GenerationState.Starting:
-                Log(fx, LogSeverity.Error, $"{g.Label} {said} before it was ready; stopping it");
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} before it was ready; stopping it", g);
                 StopGeneration(fx, g, failedToStart: true);
                 StartFailed(fx, g, $"{g.Label} {said} before it was ready");
                 break;
             case GenerationState.Ready when OnProbation is { } successor:
-                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while {successor.Label} is on probation beside it; the probation goes on");
+                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while {successor.Label} is on probation beside it; the probation goes on", g);
                 break;
             case GenerationState.Ready when Starting is { } replacement:
-                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while serving; {replacement.Label} is already starting to replace it");
+                Log(fx, LogSeverity.Warning, $"{g.Label} {said} while serving; {replacement.Label} is already starting to replace it", g);
                 break;
             case GenerationState.Ready when _policy.Restart:
                 // As systemd restarts a service on WATCHDOG=trigger, but without a gap: a new generation starts
                 // beside it, and the failed one serves until its replacement is ready.
-                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; replacing it");
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; replacing it", g);
                 OnReloadRequested(fx, $"{g.Label} reported failure");
                 break;
             case GenerationState.Ready:
-                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; --no-restart is set, so it serves on until a reload replaces it");
+                Log(fx, LogSeverity.Error, $"{g.Label} {said} while serving; --no-restart is set, so it serves on until a reload replaces it", g);
                 break;
             default:
-                Log(fx, LogSeverity.Debug, $"{g.Label} {said} while {g.State.ToString().ToLowerInvariant()}; nothing to do");
+                Log(fx, LogSeverity.Debug, $"{g.Label} {said} while {g.State.ToString().ToLowerInvariant()}; nothing to do", g);
                 break;
         }
     }
@@ -528,7 +528,7 @@ public sealed class SupervisorStateMachine
             // empty; SIGKILL comes only at the stop deadline.
             g.LeaderExit = x.Status;
             if (g.Killed && g.Deadline is null) g.Deadline = Now + KillGrace; // SIGKILLed already: the rest dies now
-            Log(fx, LogSeverity.Info, $"{g.Label} exited with {x.Status}; the rest of its process group is still draining");
+            Log(fx, LogSeverity.Info, $"{g.Label} exited with {x.Status}; the rest of its process group is still draining", g);
             return;
         }
         Finish(fx, g, x.Status, groupPid: x.Pid);
@@ -537,7 +537,7 @@ public sealed class SupervisorStateMachine
     private void OnGroupEmpty(List<SupervisorEffect> fx, SupervisorEvent.ProcessGroupEmpty e)
     {
         if (FindByNumber(e.Generation) is not { LeaderExit: { } leaderExit } g) return;
-        Log(fx, LogSeverity.Debug, $"the process group of {g.Label} is empty");
+        Log(fx, LogSeverity.Debug, $"the process group of {g.Label} is empty", g);
         Finish(fx, g, leaderExit, groupPid: null);
     }
 
@@ -555,12 +555,12 @@ public sealed class SupervisorStateMachine
         switch (previousState)
         {
             case GenerationState.Starting:
-                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} before it was ready, after {Duration.Format(now - g.StartedAt)}");
+                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} before it was ready, after {Duration.Format(now - g.StartedAt)}", g);
                 if (Phase != SupervisorPhase.ShuttingDown)
                     StartFailed(fx, g, $"{g.Label} exited with {status} before it was ready", status);
                 break;
             case GenerationState.Probation:
-                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} during its probation");
+                Log(fx, LogSeverity.Error, $"{g.Label} exited with {status} during its probation", g);
                 if (Phase != SupervisorPhase.ShuttingDown) RollBack(fx, g, $"exited with {status}");
                 break;
             case GenerationState.Ready:
@@ -570,7 +570,7 @@ public sealed class SupervisorStateMachine
                 var since = g.StopRequestedAt is { } at ? $" {Duration.Format(now - at)} after it was asked to stop" : "";
                 var group = g.LeaderExit is null ? "" : " (its whole process group)";
                 Log(fx, status.Success || status.Signal == _policy.StopSignal ? LogSeverity.Info : LogSeverity.Warning,
-                    $"{g.Label} exited with {status}{since}{group}");
+                    $"{g.Label} exited with {status}{since}{group}", g);
                 break;
         }
         MaybeExit(fx);
@@ -579,7 +579,7 @@ public sealed class SupervisorStateMachine
     private void OnServingDied(List<SupervisorEffect> fx, Generation g, ExitStatus status, TimeSpan now)
     {
         var served = now - (g.ReadyAt ?? now);
-        Log(fx, LogSeverity.Error, $"{g.Label} exited unexpectedly with {status} after serving {Duration.Format(served)}");
+        Log(fx, LogSeverity.Error, $"{g.Label} exited unexpectedly with {status} after serving {Duration.Format(served)}", g);
         if (Phase == SupervisorPhase.ShuttingDown) return;
         if (OnProbation is { } successor)
         {
@@ -587,7 +587,7 @@ public sealed class SupervisorStateMachine
             successor.State = GenerationState.Ready;
             successor.Deadline = null;
             if (served >= _policy.StableAfter) _consecutiveFailures = 0;
-            Log(fx, LogSeverity.Warning, $"{successor.Label} was on probation; with {g.Label} gone it serves alone (its probation is cut short)");
+            Log(fx, LogSeverity.Warning, $"{successor.Label} was on probation; with {g.Label} gone it serves alone (its probation is cut short)", successor);
             fx.Add(new SupervisorEffect.ProbationPassed(successor.Number));
             if (successor.Cause == GenerationCause.Reload)
                 FinishReload(fx, new ReloadOutcome(successor.Number, true,
@@ -604,7 +604,7 @@ public sealed class SupervisorStateMachine
         if (served >= _policy.StableAfter) _consecutiveFailures = 0;
         if (Starting is { } starting)
         {
-            Log(fx, LogSeverity.Info, $"{starting.Label} is already starting and will take over");
+            Log(fx, LogSeverity.Info, $"{starting.Label} is already starting and will take over", starting);
             return;
         }
         ScheduleRestart(fx);
@@ -716,8 +716,9 @@ public sealed class SupervisorStateMachine
         fx.Add(new SupervisorEffect.ExitSupervisor(_exitCode));
     }
 
-    private static void Log(List<SupervisorEffect> fx, LogSeverity severity, string message) =>
-        fx.Add(new SupervisorEffect.Log(severity, message));
+    // about: the generation the line is about, if any; its number and pid go with the line as fields.
+    private static void Log(List<SupervisorEffect> fx, LogSeverity severity, string message, Generation? about = null) =>
+        fx.Add(new SupervisorEffect.Log(severity, message, about?.Number, about?.Pid));
 
     private static string Plural(int n, string word) => n == 1 ? $"1 {word}" : $"{n} {word}s";
 }

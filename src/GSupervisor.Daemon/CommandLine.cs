@@ -41,6 +41,9 @@ internal sealed class RunOptions
     [Option("log-level", Default = "info", HelpText = "debug, info, warning or error.")]
     public string LogLevel { get; set; } = "info";
 
+    [Option("log-format", Default = "auto", HelpText = "The supervisor's own log lines: text (timestamp, level, message), json (an object per line), or auto: with syslog priorities and no timestamp under the systemd journal, else text. Children's output is relayed as it is.")]
+    public string LogFormat { get; set; } = "auto";
+
     [Option("control", HelpText = "Control socket for gsupervisor status/reload/stop (default: $RUNTIME_DIRECTORY/control.sock, $XDG_RUNTIME_DIR/gsupervisor/control.sock or /run/gsupervisor/control.sock).")]
     public string? Control { get; set; }
 
@@ -74,6 +77,7 @@ internal sealed record RunSettings(
     int Backlog,
     string? PidFile,
     LogEventLevel LogLevel,
+    LogFormat LogFormat,
     string ControlPath,
     Os.ChildUser? User,
     bool InjectDotnet = true);
@@ -212,6 +216,14 @@ internal static class CommandLineReader
             case "error": level = LogEventLevel.Error; break;
             default: return UsageError($"--log-level '{o.LogLevel}' is not a level; use debug, info, warning or error");
         }
+        LogFormat logFormat;
+        switch (o.LogFormat.ToLowerInvariant())
+        {
+            case "auto": logFormat = LogFormat.Auto; break;
+            case "text": logFormat = LogFormat.Text; break;
+            case "json": logFormat = LogFormat.Json; break;
+            default: return UsageError($"--log-format '{o.LogFormat}' is not a format; use auto, text or json");
+        }
 
         if (o.PidFile is { Length: 0 }) return UsageError("--pid-file needs a path");
         var control = o.Control ?? Os.ControlServer.DefaultPath();
@@ -241,6 +253,6 @@ internal static class CommandLineReader
             ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
             RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay, Probation = probation,
         };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, control, user, InjectDotnet: !o.NoInject), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, logFormat, control, user, InjectDotnet: !o.NoInject), ExitCodes.Ok, null, false);
     }
 }

@@ -49,7 +49,7 @@ if (isUpgradeCheck)
 var read = CommandLineReader.Read(args);
 if (read.Settings is not { } settings)
 {
-    if (read.OutputIsError) stderr.WriteLine($"gsupervisor: {read.Output}");
+    if (read.OutputIsError) stderr.WriteLine($"{LogFormats.ErrorPrefix()}gsupervisor: {read.Output}");
     else stdout.WriteLine(read.Output);
     return read.ExitCode;
 }
@@ -61,18 +61,19 @@ Console.SetError(stderr);
 // A crash on any thread: its reason is written out before the process ends (finally blocks do not run then).
 AppDomain.CurrentDomain.UnhandledException += (_, e) =>
 {
-    stderr.WriteLine($"gsupervisor: internal error, exiting: {e.ExceptionObject}");
+    stderr.WriteLine($"{LogFormats.ErrorPrefix()}gsupervisor: internal error, exiting: {e.ExceptionObject}");
     logStream.Drain(TimeSpan.FromSeconds(2));
 };
 
 var useColour = Libc.isatty(2) == 1 && Environment.GetEnvironmentVariable("NO_COLOR") is null;
-using var logger = new LoggerConfiguration()
-    .MinimumLevel.Is(settings.LogLevel)
-    .WriteTo.Console(
-        outputTemplate: "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} {Level:u3} {Message:lj}{NewLine}{Exception}",
+var logConfiguration = new LoggerConfiguration().MinimumLevel.Is(settings.LogLevel);
+using var logger = (LogFormats.Formatter(settings.LogFormat) is { } formatter
+    ? logConfiguration.WriteTo.Console(formatter, standardErrorFromLevel: Serilog.Events.LogEventLevel.Verbose)
+    : logConfiguration.WriteTo.Console(
+        outputTemplate: LogFormats.TextTemplate,
         standardErrorFromLevel: Serilog.Events.LogEventLevel.Verbose,
         theme: useColour ? AnsiConsoleTheme.Code : ConsoleTheme.None,
-        formatProvider: CultureInfo.InvariantCulture)
+        formatProvider: CultureInfo.InvariantCulture))
     .CreateLogger();
 
 List<BoundListener>? listeners = null;
@@ -164,7 +165,7 @@ catch (Exception e) when (handedOverState is not null && !tookOver)
 }
 catch (StartupException e)
 {
-    stderr.WriteLine($"gsupervisor: {e.Message}");
+    stderr.WriteLine($"{LogFormats.ErrorPrefix()}gsupervisor: {e.Message}");
     return e.ExitCode;
 }
 catch (Exception e)

@@ -259,7 +259,8 @@ internal sealed partial class SupervisorHost
             switch (effect)
             {
                 case SupervisorEffect.Log l:
-                    _log.Write(ToLevel(l.Severity), "{Message}", l.Message);
+                    (l.Generation is { } about ? _log.ForContext("Generation", about).ForContext("Pid", l.Pid) : _log)
+                        .Write(ToLevel(l.Severity), "{Message}", l.Message);
                     break;
                 case SupervisorEffect.SpawnGeneration s:
                     exit ??= Execute(_machine.Handle(SpawnGeneration(s.Generation)));
@@ -275,7 +276,7 @@ internal sealed partial class SupervisorHost
                         _log.Debug("ended what was left of the process group of generation {Generation}", g.Generation);
                     break;
                 case SupervisorEffect.ReloadFinished r:
-                    _log.Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
+                    _log.ForContext("Generation", r.Outcome.Generation).Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
                         "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : "failed", r.Outcome.Message);
                     if (_machine.Phase != SupervisorPhase.ShuttingDown)
                         _systemd?.Send("READY=1\nSTATUS=" + StatusLine());

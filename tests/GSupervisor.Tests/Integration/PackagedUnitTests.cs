@@ -68,6 +68,15 @@ public class PackagedUnitTests
         Assert.That(afterFailure["MainPID"], Is.EqualTo(mainPid));
         Assert.That(afterFailure["StatusText"], Does.StartWith("serving generation 2").And.Contain("last reload failed"));
         Assert.That(_container.Get(url), Is.EqualTo(servingAnswer), "generation 2 still answers");
+
+        // Under the journal each line carries its priority and no timestamp of its own: `journalctl -p err` shows the
+        // failed reload and nothing routine.
+        var errors = "";
+        Poll.Until(() => (errors = _container.Must("journalctl", "-u", unit, "-p", "err", "--no-pager", "-o", "cat")).Contains("reload failed"),
+            TimeSpan.FromSeconds(30), "the failed reload in journalctl -p err");
+        Assert.That(errors.Split('\n'), Has.Some.StartsWith("reload failed: generation 3"), "no timestamp or level of its own");
+        Assert.That(errors, Does.Not.Contain("is ready").And.Not.Contain("listening on").And.Not.Contain("reload succeeded"), "nothing routine");
+        Assert.That(_container.Must("journalctl", "-u", unit, "-p", "info", "--no-pager", "-o", "cat"), Does.Contain("reload succeeded"));
     }
 
     /// <summary>
