@@ -104,7 +104,7 @@ $(SYSTEMD_ROOT)/.complete:
 # clock), integration tests against the installed native binary (real processes, sockets, signals), and the
 # packaged units under a real systemd in a container.
 test: build deb next pack systemd-root
-	@packaging/need.sh python3:python3
+	@packaging/need.sh python3:python3 /usr/lib/python3/dist-packages/prometheus_client/__init__.py:python3-prometheus-client
 	rm -rf out/test-results
 	GSUPERVISOR_ROOT=$(TEST_ROOT) GSUPERVISOR_DEB=$(CURDIR)/out/gsupervisor_$(VERSION)_$(DEB_ARCH).deb \
 	GSUPERVISOR_NEXT=$(CURDIR)/out/next \

@@ -26,6 +26,11 @@ public sealed record MachineSnapshot
     public bool KilledAll { get; set; }
     public ReloadSnapshot? LastReload { get; set; }
     public List<GenerationSnapshot> Generations { get; set; } = [];
+    public long ReloadsSucceeded { get; set; }
+    public long ReloadsFailed { get; set; }
+    /// <summary>The reload duration histogram's counts per bucket (see ReloadStatistics), not cumulative.</summary>
+    public List<long> ReloadDurationCounts { get; set; } = [];
+    public long ReloadDurationSumUs { get; set; }
 }
 
 public sealed record ReloadSnapshot
@@ -34,6 +39,7 @@ public sealed record ReloadSnapshot
     public bool Succeeded { get; set; }
     public string Message { get; set; } = "";
     public long AtUs { get; set; }
+    public long? TookToReadyUs { get; set; }
 }
 
 public sealed record GenerationSnapshot

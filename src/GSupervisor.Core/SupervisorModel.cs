@@ -77,8 +77,11 @@ public sealed class Generation
     public string Label => Pid is { } pid ? $"generation {Number} (pid {pid})" : $"generation {Number}";
 }
 
-/// <summary>The outcome of the last reload, for logs, status and control replies.</summary>
-public sealed record ReloadOutcome(int Generation, bool Succeeded, string Message, TimeSpan At);
+/// <summary>
+/// The outcome of a reload, for logs, status and control replies. <paramref name="TookToReady"/>: for one that
+/// succeeded, the time from the new generation's start to its READY.
+/// </summary>
+public sealed record ReloadOutcome(int Generation, bool Succeeded, string Message, TimeSpan At, TimeSpan? TookToReady = null);
 
 /// <summary>Inputs to <see cref="SupervisorStateMachine"/>.</summary>
 public abstract record SupervisorEvent

@@ -66,7 +66,11 @@ public sealed class SupervisorStateMachine
         Restarts = Restarts,
         ExitCode = _exitCode,
         KilledAll = _killedAll,
-        LastReload = LastReload is { } r ? new ReloadSnapshot { Generation = r.Generation, Succeeded = r.Succeeded, Message = r.Message, AtUs = Us(r.At) } : null,
+        LastReload = LastReload is { } r ? new ReloadSnapshot { Generation = r.Generation, Succeeded = r.Succeeded, Message = r.Message, AtUs = Us(r.At), TookToReadyUs = Us(r.TookToReady) } : null,
+        ReloadsSucceeded = Reloads.Succeeded,
+        ReloadsFailed = Reloads.Failed,
+        ReloadDurationCounts = [.. Reloads.BucketCounts],
+        ReloadDurationSumUs = Us(Reloads.DurationSum),
         Generations = _generations.Select(g => new GenerationSnapshot
         {
             Number = g.Number, Cause = g.Cause.ToString(), Pid = g.Pid, State = g.State.ToString(),
@@ -93,7 +97,8 @@ public sealed class SupervisorStateMachine
         machine._exitCode = snapshot.ExitCode;
         machine._killedAll = snapshot.KilledAll;
         if (snapshot.LastReload is { } r)
-            machine.LastReload = new ReloadOutcome(r.Generation, r.Succeeded, r.Message, TimeSpan.FromMicroseconds(r.AtUs));
+            machine.LastReload = new ReloadOutcome(r.Generation, r.Succeeded, r.Message, TimeSpan.FromMicroseconds(r.AtUs), Span(r.TookToReadyUs));
+        machine.Reloads.Restore(snapshot.ReloadsSucceeded, snapshot.ReloadsFailed, snapshot.ReloadDurationCounts, snapshot.ReloadDurationSumUs);
         foreach (var s in snapshot.Generations)
         {
             if (s.Number <= 0 || s.Number > snapshot.LastNumber || machine.FindByNumber(s.Number) is not null)
@@ -149,6 +154,8 @@ public sealed class SupervisorStateMachine
     /// <summary>Deaths in a row without 10 s of serving in between: what the restart delay doubles with.</summary>
     public int ConsecutiveFailures => _consecutiveFailures;
     public ReloadOutcome? LastReload { get; private set; }
+    /// <summary>Counts and durations of the reloads so far.</summary>
+    public ReloadStatistics Reloads { get; } = new();
 
     /// <summary>Time since the state machine was created, on the monotonic clock.</summary>
     public TimeSpan Now => _time.GetElapsedTime(_origin);
@@ -419,7 +426,7 @@ public sealed class SupervisorStateMachine
             fx.Add(new SupervisorEffect.ServiceReady(g.Number, g.Pid!.Value));
         }
         if (g.Cause == GenerationCause.Reload)
-            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} is serving", now));
+            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} is serving", now, TimeToReady(g)));
         RunPendingReload(fx);
     }
 
@@ -435,7 +442,7 @@ public sealed class SupervisorStateMachine
         if (previous is not null) StopGeneration(fx, previous, failedToStart: false);
         fx.Add(new SupervisorEffect.ProbationPassed(g.Number));
         if (g.Cause == GenerationCause.Reload)
-            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} {how} and is serving", Now));
+            FinishReload(fx, new ReloadOutcome(g.Number, true, $"{g.Label} {how} and is serving", Now, TimeToReady(g)));
         RunPendingReload(fx);
     }
 
@@ -591,7 +598,7 @@ public sealed class SupervisorStateMachine
             fx.Add(new SupervisorEffect.ProbationPassed(successor.Number));
             if (successor.Cause == GenerationCause.Reload)
                 FinishReload(fx, new ReloadOutcome(successor.Number, true,
-                    $"{successor.Label} is serving (its probation was cut short: {g.Label} exited with {status})", now));
+                    $"{successor.Label} is serving (its probation was cut short: {g.Label} exited with {status})", now, TimeToReady(successor)));
             RunPendingReload(fx);
             return;
         }
@@ -666,8 +673,11 @@ public sealed class SupervisorStateMachine
     private void FinishReload(List<SupervisorEffect> fx, ReloadOutcome outcome)
     {
         LastReload = outcome;
+        Reloads.Record(outcome.Succeeded, outcome.TookToReady);
         fx.Add(new SupervisorEffect.ReloadFinished(outcome));
     }
+
+    private static TimeSpan? TimeToReady(Generation g) => g.ReadyAt is { } ready ? ready - g.StartedAt : null;
 
     private void Spawn(List<SupervisorEffect> fx, GenerationCause cause)
     {

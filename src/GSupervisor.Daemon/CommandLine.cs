@@ -62,6 +62,9 @@ internal sealed class RunOptions
     [Option("no-restart", HelpText = "Do not restart a child that dies; exit with its status instead.")]
     public bool NoRestart { get; set; }
 
+    [Option("metrics", HelpText = "Serve Prometheus metrics at http://ADDRESS/metrics: [HOST]:PORT or unix:PATH. The supervisor's own socket, never handed to children. Off by default.")]
+    public string? Metrics { get; set; }
+
     [Option("no-inject", HelpText = "Do not inject gsupervisor's ASP.NET Core integration into .NET children (DOTNET_STARTUP_HOOKS): an app then drains only if it uses the GSupervisor.AspNetCore package itself.")]
     public bool NoInject { get; set; }
 
@@ -80,7 +83,8 @@ internal sealed record RunSettings(
     LogFormat LogFormat,
     string ControlPath,
     Os.ChildUser? User,
-    bool InjectDotnet = true);
+    bool InjectDotnet = true,
+    ListenSpec? Metrics = null);
 
 internal static class CommandLineReader
 {
@@ -160,6 +164,15 @@ internal static class CommandLineReader
             specs.Add(spec!);
         }
         if (!ListenSpec.TryValidateSet(specs, out var setError)) return UsageError(setError);
+        ListenSpec? metrics = null;
+        if (o.Metrics is { } metricsText)
+        {
+            if (!ListenSpec.TryParse(metricsText, out metrics, out var metricsError)) return UsageError($"--metrics: {metricsError}");
+            if (metrics!.Kind == ListenKind.Systemd || metrics.Name is not null)
+                return UsageError($"--metrics {metricsText}: give an address of its own, [HOST]:PORT or unix:PATH");
+            if (!ListenSpec.TryValidateSet([.. specs, metrics], out _))
+                return UsageError($"--metrics {metricsText} asks for an address a --listen has too; give the metrics an address of their own");
+        }
 
         var command = o.Command.ToList();
         if (command.Count == 0)
@@ -253,6 +266,6 @@ internal static class CommandLineReader
             ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
             RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay, Probation = probation,
         };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, logFormat, control, user, InjectDotnet: !o.NoInject), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, logFormat, control, user, InjectDotnet: !o.NoInject, Metrics: metrics), ExitCodes.Ok, null, false);
     }
 }

@@ -17,6 +17,8 @@ internal abstract record LoopEvent
     public sealed record Refusal(string Message) : LoopEvent;
     public sealed record WatchdogDue : LoopEvent;
     public sealed record Control(ControlRequest Request) : LoopEvent;
+    /// <summary>A scrape of the Prometheus endpoint (Os/MetricsServer.cs).</summary>
+    public sealed record Metrics(MetricsRequest Request) : LoopEvent;
     /// <summary>The upgrade check's process wrote all it will write (or ran out of time).</summary>
     public sealed record UpgradeCheckOutput(int Pid, string Output, bool TimedOut) : LoopEvent;
 }

@@ -79,6 +79,7 @@ using var logger = (LogFormats.Formatter(settings.LogFormat) is { } formatter
 List<BoundListener>? listeners = null;
 RuntimeDirectory? runtimeDirectory = null;
 ControlServer? control = null;
+MetricsServer? metrics = null;
 Spawner? spawner = null;
 // Started by an in-place upgrade: the earlier image's state, from the memfd it left (Upgrade/ExecImage.cs); and
 // whether this image has taken over from it (until then, a failure returns to the earlier image).
@@ -105,6 +106,7 @@ try
         control = ControlServer.Bind(settings.ControlPath);
         notify = new NotifyServer(runtimeDirectory.Own("notify"));
         handoff = new HandoffServer(runtimeDirectory.Own("handoff"));
+        if (settings.Metrics is { } metricsSpec) metrics = MetricsServer.Bind(metricsSpec);
         state = new LoopState(new GSupervisor.Core.SupervisorStateMachine(settings.Policy, TimeProvider.System));
     }
     else
@@ -116,6 +118,7 @@ try
         control = ControlServer.Adopt(settings.ControlPath, carried.ControlFd);
         notify = new NotifyServer(runtimeDirectory.Own("notify"), carried.NotifyFd);
         handoff = new HandoffServer(runtimeDirectory.Own("handoff"), carried.HandoffFd);
+        metrics = HandedOver.Metrics(carried, settings.Metrics);
         state = HandedOver.LoopState(carried, settings.Policy, output, gate);
     }
     string? dotnetHook = null;
@@ -125,7 +128,7 @@ try
         if (hookProblem is not null && carried is null) logger.Warning("{Problem}", hookProblem);
     }
     var parts = new HostParts(settings, args, commandPath, executable, listeners, spawner, runtimeDirectory, control, notify, handoff,
-        output, gate, dotnetHook, signals!, logStream.Drain, logger);
+        output, gate, dotnetHook, signals!, logStream.Drain, logger, metrics);
     var host = new SupervisorHost(parts, state, carried);
 
     if (carried is null)
@@ -138,6 +141,8 @@ try
                     : "");
         if (listeners.Count == 0)
             logger.Information("no --listen given: children get no sockets, reloads still overlap generations");
+        if (metrics is not null)
+            logger.Information("Prometheus metrics on {Address}, path /metrics (the supervisor's own socket; children do not get it)", metrics.Listener.Address);
         if (settings.PidFile is { } pidFile) PidFile.Write(pidFile);
     }
     else if (ExecImage.FailedUpgrade is null)
@@ -184,6 +189,7 @@ finally
         spawner?.Dispose();
         runtimeDirectory?.Dispose();
         control?.Remove();
+        metrics?.Close();
         if (settings.PidFile is { } pidFile) PidFile.Remove(pidFile);
     }
     finally

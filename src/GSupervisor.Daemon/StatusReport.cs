@@ -36,8 +36,9 @@ internal static class StatusReport
         if (machine.RestartAt is { } at)
             sb.Append(CultureInfo.InvariantCulture, $"next restart: in {Duration.Format(at > now ? at - now : TimeSpan.Zero)} (attempt {machine.ConsecutiveFailures})\n");
         sb.Append("last reload: ").Append(machine.LastReload is { } r
-            ? $"{(r.Succeeded ? "succeeded" : "failed")} {Duration.Format(now - r.At)} ago: {r.Message}"
+            ? $"{(r.Succeeded ? "succeeded" : "failed")} {Duration.Format(now - r.At)} ago{(r.TookToReady is { } took ? $" (ready after {Duration.Format(took)})" : "")}: {r.Message}"
             : "none").Append('\n');
+        sb.Append(CultureInfo.InvariantCulture, $"reloads: {machine.Reloads.Succeeded} succeeded, {machine.Reloads.Failed} failed\n");
         if (machine.ReloadPending) sb.Append("a reload is queued\n");
         sb.Append(CultureInfo.InvariantCulture, $"command: {string.Join(' ', settings.Command)}\n");
         var self = SelfFigures.Read();
@@ -135,12 +136,17 @@ internal static class StatusReport
                 w.WriteBoolean("succeeded", r.Succeeded);
                 w.WriteString("message", r.Message);
                 w.WriteNumber("secondsAgo", Math.Round((now - r.At).TotalSeconds, 3));
+                if (r.TookToReady is { } took) w.WriteNumber("readyAfterSeconds", Math.Round(took.TotalSeconds, 4)); else w.WriteNull("readyAfterSeconds");
                 w.WriteEndObject();
             }
             else
             {
                 w.WriteNull("lastReload");
             }
+            w.WriteStartObject("reloads");
+            w.WriteNumber("succeeded", machine.Reloads.Succeeded);
+            w.WriteNumber("failed", machine.Reloads.Failed);
+            w.WriteEndObject();
             var self = SelfFigures.Read();
             w.WriteStartObject("supervisor");
             w.WriteNumber("rssBytes", self.RssBytes);

@@ -216,6 +216,8 @@ internal sealed partial class SupervisorHost
         NotifyFd = _parts.Notify.SocketFd,
         HandoffFd = _parts.Handoff.SocketFd,
         ControlFd = _parts.Control.SocketFd,
+        MetricsFd = _parts.Metrics?.Listener.Fd ?? -1,
+        MetricsAddress = _parts.Metrics?.Listener.Address,
         HandoffConnections = _state.Connections.SelectMany(pair => pair.Value.Select(c => new ConnectionState
         {
             Generation = pair.Key, Fd = c.SocketFd, PeerPid = c.PeerPid, PeerUid = c.PeerUid, Pending = c.Pending,

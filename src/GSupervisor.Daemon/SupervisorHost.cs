@@ -44,7 +44,8 @@ internal sealed record HostParts(
     string? DotnetHook,
     SupervisorSignals Signals,
     Action<TimeSpan> FlushLog,
-    ILogger Log);
+    ILogger Log,
+    MetricsServer? Metrics = null);
 
 internal sealed partial class SupervisorHost
 {
@@ -109,7 +110,7 @@ internal sealed partial class SupervisorHost
         else Interlocked.Increment(ref _refusalsDroppedAtGate);
     }
 
-    private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal;
+    private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal or LoopEvent.Metrics;
 
     /// <summary>Runs until the machine says exit; returns the exit code.</summary>
     public int Run()
@@ -122,6 +123,7 @@ internal sealed partial class SupervisorHost
             foreach (var c in connections) StartReading(generation, c);
         _parts.Signals.DeliverTo(signal => Post(new LoopEvent.Signal(signal)), gate);
         _parts.Control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting, gate);
+        _parts.Metrics?.Start(r => PostUntrusted(new LoopEvent.Metrics(r)), gate);
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
@@ -156,6 +158,7 @@ internal sealed partial class SupervisorHost
                 case LoopEvent.Control c: c.Request.Reply("FAILED the supervisor has exited"); break;
                 case LoopEvent.Notify n: n.Datagram.Release(); break; // a waiting systemd-notify returns now
                 case LoopEvent.HandoffConnected h: h.Connection.Refuse("the supervisor has exited"); break;
+                case LoopEvent.Metrics m: m.Request.Answer(503, "Service Unavailable", "text/plain", "the supervisor has exited\n", withBody: true); break;
             }
         }
         _watchdog?.Dispose();
@@ -237,6 +240,9 @@ internal sealed partial class SupervisorHost
                 return null;
             case LoopEvent.Control c:
                 return OnControl(c.Request);
+            case LoopEvent.Metrics m:
+                OnMetrics(m.Request);
+                return null;
             case LoopEvent.WatchdogDue:
                 _systemd?.Send("WATCHDOG=1"); // from the loop itself: a stuck loop stops the pings
                 return null;
@@ -305,6 +311,16 @@ internal sealed partial class SupervisorHost
             }
         }
         return exit;
+    }
+
+    private void OnMetrics(MetricsRequest request)
+    {
+        if (request.Path != "/metrics")
+            request.Answer(404, "Not Found", "text/plain", "not found: the metrics are at /metrics\n", withBody: request.Method != "HEAD");
+        else if (request.Method is not ("GET" or "HEAD"))
+            request.Answer(405, "Method Not Allowed", "text/plain", "use GET\n", withBody: true);
+        else
+            request.Answer(200, "OK", MetricsText.ContentType, MetricsText.Render(_machine, _state.Upgrades), withBody: request.Method == "GET");
     }
 
     /// <summary>Writes a line to every handoff connection of a generation.</summary>

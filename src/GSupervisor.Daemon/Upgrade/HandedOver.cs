@@ -24,6 +24,21 @@ internal static class HandedOver
         return listeners;
     }
 
+    /// <summary>
+    /// The Prometheus endpoint: the earlier image's socket, or, when that image served none (--metrics is the same
+    /// command line, so only a version without it), a new one bound now.
+    /// </summary>
+    public static MetricsServer? Metrics(UpgradeState carried, ListenSpec? spec)
+    {
+        if (spec is null) return null;
+        if (carried.MetricsFd < 0) return MetricsServer.Bind(spec);
+        ExecImage.MarkCloseOnExec([carried.MetricsFd]);
+        // A socket file is removed on exit only while it is still the one bound (its inode, as --listen's are).
+        var path = spec.Kind == ListenKind.Unix && !spec.UnixPath!.StartsWith('@') ? spec.UnixPath : null;
+        var inode = path is not null && Mono.Unix.Native.Syscall.lstat(path, out var st) == 0 ? st.st_ino : 0;
+        return MetricsServer.Adopt(new BoundListener(spec, carried.MetricsFd, carried.MetricsAddress ?? spec.Text, path, inode));
+    }
+
     private static BoundListener Listener(ListenerState l) =>
         ListenSpec.TryParse(l.Spec, out var spec, out var error)
             ? new BoundListener(spec! with { Name = l.Name }, l.Fd, l.Address, l.UnixPathToRemove, l.UnixInode)

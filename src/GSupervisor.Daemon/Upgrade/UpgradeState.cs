@@ -34,6 +34,9 @@ internal sealed class UpgradeState
     public int NotifyFd { get; set; } = -1;
     public int HandoffFd { get; set; } = -1;
     public int ControlFd { get; set; } = -1;
+    /// <summary>The Prometheus endpoint's socket (--metrics), or -1 when there is none.</summary>
+    public int MetricsFd { get; set; } = -1;
+    public string? MetricsAddress { get; set; }
     public List<ConnectionState> HandoffConnections { get; set; } = [];
     public List<OutputState> Outputs { get; set; } = [];
     public List<WaiterState> ReloadWaiters { get; set; } = [];
@@ -51,7 +54,7 @@ internal sealed class UpgradeState
     /// <summary>The fds the document names, which cross the exec.</summary>
     public List<int> CrossingFds() =>
     [
-        .. Listeners.Select(l => l.Fd), NotifyFd, HandoffFd, ControlFd,
+        .. Listeners.Select(l => l.Fd), NotifyFd, HandoffFd, ControlFd, .. MetricsFd >= 0 ? [MetricsFd] : Array.Empty<int>(),
         .. HandoffConnections.Select(c => c.Fd),
         .. Outputs.SelectMany(o => new[] { o.StdoutFd, o.StderrFd }).Where(fd => fd >= 0),
         .. ReloadWaiters.Select(w => w.Fd), .. UpgradeWaiterFds,

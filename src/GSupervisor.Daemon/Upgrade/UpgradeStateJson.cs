@@ -39,6 +39,11 @@ internal static class UpgradeStateJson
             w.WriteNumber("notifyFd", s.NotifyFd);
             w.WriteNumber("handoffFd", s.HandoffFd);
             w.WriteNumber("controlFd", s.ControlFd);
+            if (s.MetricsFd >= 0)
+            {
+                w.WriteNumber("metricsFd", s.MetricsFd);
+                w.WriteString("metricsAddress", s.MetricsAddress);
+            }
             WriteArray(w, "handoffConnections", s.HandoffConnections, (w, c) =>
             {
                 w.WriteNumber("generation", c.Generation);
@@ -97,8 +102,15 @@ internal static class UpgradeStateJson
             w.WriteBoolean("succeeded", r.Succeeded);
             w.WriteString("message", r.Message);
             w.WriteNumber("atUs", r.AtUs);
+            if (r.TookToReadyUs is { } took) w.WriteNumber("tookToReadyUs", took);
             w.WriteEndObject();
         }
+        w.WriteNumber("reloadsSucceeded", m.ReloadsSucceeded);
+        w.WriteNumber("reloadsFailed", m.ReloadsFailed);
+        w.WriteStartArray("reloadDurationCounts");
+        foreach (var count in m.ReloadDurationCounts) w.WriteNumberValue(count);
+        w.WriteEndArray();
+        w.WriteNumber("reloadDurationSumUs", m.ReloadDurationSumUs);
         WriteArray(w, "generations", m.Generations, (w, g) =>
         {
             w.WriteNumber("number", g.Number);
@@ -169,6 +181,8 @@ internal static class UpgradeStateJson
             s.NotifyFd = d.Int("notifyFd", -1);
             s.HandoffFd = d.Int("handoffFd", -1);
             s.ControlFd = d.Int("controlFd", -1);
+            s.MetricsFd = d.Int("metricsFd", -1);
+            s.MetricsAddress = d.String("metricsAddress");
             s.HandoffConnections = d.Array("handoffConnections", c => new ConnectionState
             {
                 Generation = c.Int("generation", 0), Fd = c.Int("fd", -1), PeerPid = c.Int("peerPid", 0), PeerUid = c.Int("peerUid", -1),
@@ -208,7 +222,11 @@ internal static class UpgradeStateJson
         s.ExitCode = m.Int("exitCode", 0);
         s.KilledAll = m.Bool("killedAll");
         if (m.Object("lastReload") is { } r)
-            s.LastReload = new ReloadSnapshot { Generation = r.Int("generation", 0), Succeeded = r.Bool("succeeded"), Message = r.String("message") ?? "", AtUs = r.Long("atUs") ?? 0 };
+            s.LastReload = new ReloadSnapshot { Generation = r.Int("generation", 0), Succeeded = r.Bool("succeeded"), Message = r.String("message") ?? "", AtUs = r.Long("atUs") ?? 0, TookToReadyUs = r.Long("tookToReadyUs") };
+        s.ReloadsSucceeded = m.Long("reloadsSucceeded") ?? 0;
+        s.ReloadsFailed = m.Long("reloadsFailed") ?? 0;
+        s.ReloadDurationSumUs = m.Long("reloadDurationSumUs") ?? 0;
+        s.ReloadDurationCounts = m.Longs("reloadDurationCounts");
         s.Generations = m.Array("generations", g => new GenerationSnapshot
         {
             Number = g.Int("number", 0),
@@ -272,6 +290,16 @@ internal static class UpgradeStateJson
             var index = 0;
             foreach (var item in array.EnumerateArray()) items.Add(read(new Fields(item, $"{where}: {name}[{index++}]")));
             return items;
+        }
+
+        public List<long> Longs(string name)
+        {
+            if (Get(name, JsonValueKind.Array) is not { } array) return [];
+            var numbers = new List<long>();
+            foreach (var n in array.EnumerateArray())
+                numbers.Add(n.ValueKind == JsonValueKind.Number && n.TryGetInt64(out var l)
+                    ? l : throw new UpgradeStateException($"{where}: \"{name}\" holds something other than integers"));
+            return numbers;
         }
 
         public List<int> Numbers(string name)

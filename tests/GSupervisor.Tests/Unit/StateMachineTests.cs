@@ -771,6 +771,31 @@ public class StateMachineTests
     }
 
     [Test]
+    public void Reloads_are_counted_and_their_time_to_ready_kept_in_buckets_across_an_upgrade()
+    {
+        StartServing();
+        On(new ReloadRequested("test"));
+        _clock.Advance(TimeSpan.FromMilliseconds(300));
+        var fx = On(new ReadyReported(2, "test"));
+        Assert.That(fx.OfType<ReloadFinished>().Single().Outcome.TookToReady, Is.EqualTo(TimeSpan.FromMilliseconds(300)));
+        On(new ReloadRequested("test"));
+        On(new ChildExited(PidOf(3), ExitStatus.Exited(1)));
+        On(new ReloadRequested("test"));
+        _clock.Advance(TimeSpan.FromSeconds(3));
+        On(new ReadyReported(4, "test"));
+
+        CarryAcrossUpgrade();
+        var reloads = _machine.Reloads;
+        Assert.That((reloads.Succeeded, reloads.Failed, reloads.DurationCount), Is.EqualTo((2L, 1L, 2L)));
+        Assert.That(reloads.DurationSum, Is.EqualTo(TimeSpan.FromSeconds(3.3)));
+        var bucketOf300ms = ReloadStatistics.BucketBounds.ToList().IndexOf(0.5);
+        var bucketOf3s = ReloadStatistics.BucketBounds.ToList().IndexOf(5);
+        Assert.That(reloads.BucketCounts[bucketOf300ms], Is.EqualTo(1), "0.25 < 0.3 <= 0.5");
+        Assert.That(reloads.BucketCounts[bucketOf3s], Is.EqualTo(1), "2.5 < 3 <= 5");
+        Assert.That(reloads.BucketCounts.Sum(), Is.EqualTo(2));
+    }
+
+    [Test]
     public void A_snapshot_with_values_this_version_does_not_know_is_refused()
     {
         StartServing();
@@ -790,6 +815,8 @@ public class StateMachineTests
     private static bool SameSnapshot(MachineSnapshot a, MachineSnapshot b)
     {
         List<GenerationSnapshot> none = [];
-        return a with { Generations = none } == b with { Generations = none } && a.Generations.SequenceEqual(b.Generations);
+        List<long> noCounts = [];
+        return a with { Generations = none, ReloadDurationCounts = noCounts } == b with { Generations = none, ReloadDurationCounts = noCounts } &&
+            a.Generations.SequenceEqual(b.Generations) && a.ReloadDurationCounts.SequenceEqual(b.ReloadDurationCounts);
     }
 }
