@@ -4,6 +4,7 @@ namespace GSupervisor.Core;
 /// What the supervisor counts of its reloads, for `gsupervisor status` and the Prometheus metrics: how many
 /// finished either way, and how long each successful one took from the new generation's start (the request,
 /// unless it queued behind another reload) to its READY, as a histogram with Prometheus's cumulative buckets.
+/// A reload abandoned by a shutdown is neither.
 /// </summary>
 public sealed class ReloadStatistics
 {

@@ -79,9 +79,10 @@ public sealed class Generation
 
 /// <summary>
 /// The outcome of a reload, for logs, status and control replies. <paramref name="TookToReady"/>: for one that
-/// succeeded, the time from the new generation's start to its READY.
+/// succeeded, the time from the new generation's start to its READY. <paramref name="Abandoned"/>: it did not
+/// succeed because the supervisor began to shut down, which is no failure of the new generation.
 /// </summary>
-public sealed record ReloadOutcome(int Generation, bool Succeeded, string Message, TimeSpan At, TimeSpan? TookToReady = null);
+public sealed record ReloadOutcome(int Generation, bool Succeeded, string Message, TimeSpan At, TimeSpan? TookToReady = null, bool Abandoned = false);
 
 /// <summary>Inputs to <see cref="SupervisorStateMachine"/>.</summary>
 public abstract record SupervisorEvent

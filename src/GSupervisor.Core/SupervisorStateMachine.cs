@@ -673,7 +673,7 @@ public sealed class SupervisorStateMachine
     private void FinishReload(List<SupervisorEffect> fx, ReloadOutcome outcome)
     {
         LastReload = outcome;
-        Reloads.Record(outcome.Succeeded, outcome.TookToReady);
+        if (!outcome.Abandoned) Reloads.Record(outcome.Succeeded, outcome.TookToReady);
         fx.Add(new SupervisorEffect.ReloadFinished(outcome));
     }
 
@@ -712,7 +712,7 @@ public sealed class SupervisorStateMachine
             if (g.State is GenerationState.Starting or GenerationState.Probation && g.Cause == GenerationCause.Reload)
                 FinishReload(fx, new ReloadOutcome(g.Number, false, g.State == GenerationState.Probation
                     ? $"reload abandoned during the probation of {g.Label}: the supervisor is shutting down"
-                    : "reload abandoned: the supervisor is shutting down", Now));
+                    : "reload abandoned: the supervisor is shutting down", Now, Abandoned: true));
             StopGeneration(fx, g, failedToStart: false);
         }
         MaybeExit(fx);

@@ -12,7 +12,9 @@ namespace GSupervisor.Daemon;
 /// <para>
 /// So that apps written for the two most used peers run unchanged, the same fds are also described as
 /// Server::Starter does (<c>SERVER_STARTER_PORT=ADDRESS=FD;...</c>: a bare port for all interfaces, HOST:PORT, or a
-/// Unix socket's path) and as einhorn does (<c>EINHORN_FD_COUNT=N</c>, <c>EINHORN_FD_0=3</c>, ...).
+/// Unix socket's path) and as einhorn does (<c>EINHORN_FD_COUNT=N</c>, <c>EINHORN_FD_0=3</c>, ..., and the older
+/// <c>EINHORN_FDS="3 4"</c>). einhorn's master pid and command socket are not imitated: its client libraries' ack
+/// needs einhorn itself.
 /// </para>
 /// </summary>
 internal static class ChildEnvironment
@@ -27,8 +29,9 @@ internal static class ChildEnvironment
         var environment = new List<string>();
         foreach (var (key, value) in ProcessEnvironment.Read())
         {
+            // Every EINHORN_ variable is einhorn's to set (a supervisor started under einhorn passes none of its own on).
             if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal) ||
-                key.StartsWith("EINHORN_FD_", StringComparison.Ordinal)) continue;
+                key.StartsWith("EINHORN_", StringComparison.Ordinal)) continue;
             environment.Add($"{key}={value}");
         }
         // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
@@ -44,6 +47,7 @@ internal static class ChildEnvironment
             environment.Add("SERVER_STARTER_PORT=" + string.Join(';', listeners.Select((l, i) => $"{ServerStarterAddress(l)}={3 + i}")));
             environment.Add("EINHORN_FD_COUNT=" + listeners.Count.ToString(CultureInfo.InvariantCulture));
             environment.AddRange(listeners.Select((_, i) => $"EINHORN_FD_{i}={3 + i}"));
+            environment.Add("EINHORN_FDS=" + string.Join(' ', listeners.Select((_, i) => 3 + i))); // einhorn's older form
         }
         environment.Add("NOTIFY_SOCKET=" + notifyPath);
         environment.Add("GSUPERVISOR_HANDOFF=" + handoffPath);

@@ -110,7 +110,7 @@ internal sealed partial class SupervisorHost
         else Interlocked.Increment(ref _refusalsDroppedAtGate);
     }
 
-    private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal or LoopEvent.Metrics;
+    private static bool IsUntrusted(LoopEvent e) => e is LoopEvent.Notify or LoopEvent.HandoffConnected or LoopEvent.HandoffLine or LoopEvent.Refusal;
 
     /// <summary>Runs until the machine says exit; returns the exit code.</summary>
     public int Run()
@@ -123,7 +123,7 @@ internal sealed partial class SupervisorHost
             foreach (var c in connections) StartReading(generation, c);
         _parts.Signals.DeliverTo(signal => Post(new LoopEvent.Signal(signal)), gate);
         _parts.Control.Start(r => Post(new LoopEvent.Control(r)), PostRefusalWithoutWaiting, gate);
-        _parts.Metrics?.Start(r => PostUntrusted(new LoopEvent.Metrics(r)), gate);
+        _parts.Metrics?.Start(r => Post(new LoopEvent.Metrics(r)), gate); // it keeps its own budget of waiting scrapes
         if (_systemd?.WatchdogInterval is { } interval)
             _watchdog = new Timer(_ => Post(new LoopEvent.WatchdogDue()), null, TimeSpan.Zero, interval);
 
@@ -197,6 +197,7 @@ internal sealed partial class SupervisorHost
         {
             _log.Error(ex, "internal error while handling {Event}; carrying on", e.GetType().Name);
             if (e is LoopEvent.Control c && !c.Request.Answered) c.Request.Reply("ERR internal error in the supervisor; see its log");
+            if (e is LoopEvent.Metrics m) m.Request.Answer(500, "Internal Server Error", "text/plain", "internal error in the supervisor; see its log\n", withBody: true);
             return null;
         }
         finally
@@ -282,8 +283,9 @@ internal sealed partial class SupervisorHost
                         _log.Debug("ended what was left of the process group of generation {Generation}", g.Generation);
                     break;
                 case SupervisorEffect.ReloadFinished r:
-                    _log.ForContext("Generation", r.Outcome.Generation).Write(r.Outcome.Succeeded ? LogEventLevel.Information : LogEventLevel.Error,
-                        "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : "failed", r.Outcome.Message);
+                    _log.ForContext("Generation", r.Outcome.Generation).Write(
+                        r.Outcome.Succeeded ? LogEventLevel.Information : r.Outcome.Abandoned ? LogEventLevel.Warning : LogEventLevel.Error,
+                        "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : r.Outcome.Abandoned ? "abandoned" : "failed", r.Outcome.Message);
                     if (_machine.Phase != SupervisorPhase.ShuttingDown)
                         _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
                     AnswerReloadWaiters(r.Outcome);
@@ -318,7 +320,7 @@ internal sealed partial class SupervisorHost
         if (request.Path != "/metrics")
             request.Answer(404, "Not Found", "text/plain", "not found: the metrics are at /metrics\n", withBody: request.Method != "HEAD");
         else if (request.Method is not ("GET" or "HEAD"))
-            request.Answer(405, "Method Not Allowed", "text/plain", "use GET\n", withBody: true);
+            request.Answer(405, "Method Not Allowed", "text/plain", "use GET\n", withBody: true, extraHeader: "Allow: GET, HEAD\r\n");
         else
             request.Answer(200, "OK", MetricsText.ContentType, MetricsText.Render(_machine, _state.Upgrades), withBody: request.Method == "GET");
     }

@@ -4,7 +4,8 @@
 #   app.py server-starter   SERVER_STARTER_PORT=ADDRESS=FD;...  (as start_server sets it; Starlet, Go's server-starter)
 #   app.py einhorn          EINHORN_FD_COUNT=N, EINHORN_FD_0=FD  (as einhorn sets them)
 # It serves HTTP/1.1 with keep-alive ("pid=P" in the body) on the first socket, and drains on SIGTERM as such apps
-# do: stop accepting, answer with "Connection: close" for a second so keep-alive clients move on, then exit.
+# do: stop accepting, answer with "Connection: close" so keep-alive clients move on, and exit once no connection
+# is left (after a second at least, ten at most).
 import http.server
 import os
 import signal
@@ -26,6 +27,8 @@ else:
 
 draining = threading.Event()
 body = f"pid={os.getpid()}\n".encode()
+open_connections = 0
+lock = threading.Lock()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,6 +44,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def setup(self):
+        global open_connections
+        with lock:
+            open_connections += 1
+        super().setup()
+
+    def finish(self):
+        global open_connections
+        try:
+            super().finish()
+        finally:
+            with lock:
+                open_connections -= 1
+
     def log_message(self, *args):
         pass
 
@@ -53,7 +70,13 @@ server.daemon_threads = True
 
 def drain():
     server.shutdown()  # no more accepts; the socket itself is the supervisor's and stays open
-    time.sleep(1)
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        with lock:
+            left = open_connections
+        if left == 0 and time.monotonic() - started >= 1:
+            break
+        time.sleep(0.05)  # the drain's own pace: check the open connections twenty times a second
     os._exit(0)
 
 

@@ -41,6 +41,25 @@ internal static unsafe class Fd
         }
     }
 
+    /// <summary>Waits in poll, at most <paramref name="timeout"/>, until <paramref name="fd"/> has input (or an error or hang-up); false on timeout.</summary>
+    public static bool WaitReadable(int fd, TimeSpan timeout) => Wait(fd, PollEvents.POLLIN, timeout);
+
+    /// <summary>Waits in poll, at most <paramref name="timeout"/>, until <paramref name="fd"/> takes bytes; false on timeout.</summary>
+    public static bool WaitWritable(int fd, TimeSpan timeout) => Wait(fd, PollEvents.POLLOUT, timeout);
+
+    private static bool Wait(int fd, PollEvents events, TimeSpan timeout)
+    {
+        var fds = new[] { new Pollfd { fd = fd, events = events } };
+        var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (true)
+        {
+            var left = (int)Math.Max(0, deadline - Environment.TickCount64);
+            var n = Syscall.poll(fds, 1, left);
+            if (n > 0) return true;
+            if (n == 0 || ErrorNumbers.Last != ErrorNumbers.EINTR) return false;
+        }
+    }
+
     /// <summary>Blocks in poll until <paramref name="fd"/> takes bytes, as a blocking write would; false if it never will.</summary>
     private static bool WaitWritable(int fd)
     {

@@ -48,6 +48,24 @@ internal static class Listeners
         }
     }
 
+    /// <summary>
+    /// Binds one socket of the supervisor's own (--metrics) above the children's fds. Unlike BindAll it leaves
+    /// the fds systemd passed alone: by now their numbers belong to other sockets of the supervisor's.
+    /// </summary>
+    public static BoundListener BindOwn(ListenSpec spec, int backlog)
+    {
+        var bound = Bind(spec, backlog);
+        var moved = Libc.fcntl(bound.Fd, Libc.F_DUPFD_CLOEXEC, 3 + 16);
+        if (moved < 0)
+        {
+            var errno = ErrorNumbers.Last;
+            CloseAll([bound]);
+            throw new StartupException(ExitCodes.OsError, $"cannot move the fd of {spec.Text}: {ErrorNumbers.Describe(errno)}");
+        }
+        Syscall.close(bound.Fd);
+        return bound with { Fd = moved };
+    }
+
     public static void CloseAll(IEnumerable<BoundListener> listeners)
     {
         foreach (var l in listeners)

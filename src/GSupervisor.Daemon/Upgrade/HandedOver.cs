@@ -30,7 +30,11 @@ internal static class HandedOver
     /// </summary>
     public static MetricsServer? Metrics(UpgradeState carried, ListenSpec? spec)
     {
-        if (spec is null) return null;
+        if (spec is null)
+        {
+            if (carried.MetricsFd >= 0) Mono.Unix.Native.Syscall.close(carried.MetricsFd); // never into a child
+            return null;
+        }
         if (carried.MetricsFd < 0) return MetricsServer.Bind(spec);
         ExecImage.MarkCloseOnExec([carried.MetricsFd]);
         // A socket file is removed on exit only while it is still the one bound (its inode, as --listen's are).

@@ -98,6 +98,75 @@ public class MetricsTests
         Assert.That(Request(socket, "GET /metrics HTTP/1.1\r\n\r\n"), Does.StartWith("HTTP/1.1 200 OK"), "and it serves on");
     }
 
+    [Test]
+    public void With_socket_activation_the_metrics_socket_leaves_the_supervisors_own_sockets_alone()
+    {
+        // systemd's fds 3.. are taken over and closed first; their numbers then go to the control, notify and
+        // handoff sockets, which binding the metrics socket must not touch.
+        using var dir = new TempDirectory();
+        var path = dir.File("web.sock");
+        var metricsSocket = dir.File("metrics.sock");
+        var control = dir.File("control.sock"); // the activator passes on no XDG_RUNTIME_DIR
+        using var supervisor = SupervisorProcess.Start(
+            ["--listen", "systemd:web", "--metrics", "unix:" + metricsSocket, "--control", control, "--", Paths.TestChild, "--listeners", "handoff", "--ready", "handoff"],
+            program: "/usr/bin/systemd-socket-activate", prefix: ["-l", path, "--fdname=web"]);
+        Poll.Until(() => File.Exists(path), TimeSpan.FromSeconds(30), "the activator's socket");
+        var first = Task.Run(() => Http.Get(path)); // the activator starts its command on the first connection
+        Assert.That(first.Wait(TimeSpan.FromSeconds(60)), Is.True);
+        var status = Verb.Run(["status", "--control", control]);
+        Assert.That(status.Code, Is.EqualTo(0), status.Stderr);
+        Assert.That(Verb.Run(["reload", "--wait", "--control", control]).Code, Is.EqualTo(0));
+        Assert.That(Request(metricsSocket, "GET /metrics HTTP/1.1\r\n\r\n"), Does.Contain("gsupervisor_serving_generation 2"));
+    }
+
+    [Test]
+    public void A_client_that_trickles_its_request_holds_nothing_up()
+    {
+        using var dir = new TempDirectory();
+        var socket = dir.File("metrics.sock");
+        using var supervisor = SupervisorProcess.Start(["--metrics", "unix:" + socket, "--ready", "delay:100ms", "--", "/bin/sleep", "600"]);
+        supervisor.WaitForReady(1);
+
+        // A byte every 300 ms: it gets a second in all, then the connection is closed unanswered, and the scrape
+        // that came meanwhile (it waited in the backlog, one request is read at a time) is answered.
+        var trickler = Trickle(socket);
+        Poll.Until(() => Request(socket, "GET /metrics HTTP/1.1\r\n\r\n").Contains("gsupervisor_serving_generation 1"), TimeSpan.FromSeconds(5),
+            "a scrape answered while the slow one trickles");
+        Assert.That(trickler.IsCompleted, Is.False, "answered before the slow client had even sent its request");
+        var (received, took) = trickler.Result;
+        Assert.That(received, Is.EqualTo(0), "the trickling client got no answer");
+        Assert.That(took, Is.InRange(TimeSpan.FromSeconds(0.9), TimeSpan.FromSeconds(5)), "it was cut off after its second, not served byte by byte");
+
+        // Nor does one hold up an upgrade: the new image serves the next scrape.
+        trickler = Trickle(socket);
+        var upgrade = Verb.Run(["upgrade", "--wait", "--control", supervisor.ControlPath]);
+        Assert.That(upgrade.Code, Is.EqualTo(0), upgrade.Stderr);
+        Assert.That(Request(socket, "GET /metrics HTTP/1.1\r\n\r\n"), Does.Contain("gsupervisor_upgrades_total 1"));
+        Assert.That(trickler.Result.Received, Is.EqualTo(0));
+    }
+
+    /// <summary>Sends a request a byte every 300 ms (the slow client's pace is what is under test), then reads the answer.</summary>
+    private static Task<(int Received, TimeSpan Took)> Trickle(string socket) => Task.Run(() =>
+    {
+        using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        client.Connect(new UnixDomainSocketEndPoint(socket));
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            foreach (var b in Encoding.ASCII.GetBytes("GET /metrics HTTP/1.1\r\n\r\n"))
+            {
+                client.Send([b]);
+                Thread.Sleep(300);
+            }
+            client.ReceiveTimeout = 10_000;
+            return (client.Receive(new byte[64]), clock.Elapsed);
+        }
+        catch (SocketException)
+        {
+            return (0, clock.Elapsed);
+        }
+    });
+
     private static string Request(string unixPath, string request)
     {
         using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

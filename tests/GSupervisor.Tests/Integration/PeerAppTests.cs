@@ -22,8 +22,8 @@ public class PeerAppTests
         using var supervisor = SupervisorProcess.Start(
             ["--listen", ":0", "--listen", "127.0.0.1:0", "--listen", "unix:" + unixPath, "--no-restart", "--ready", "delay:10s",
                 "--", "/bin/sh", "-c", "env; exit 7"],
-            environment: new Dictionary<string, string> { ["EINHORN_FD_5"] = "9", ["SERVER_STARTER_PORT"] = "80=9" });
-        var anyPort = int.Parse(supervisor.WaitForLine(@"listening on \[::\]:(\d+)").Groups[1].Value);
+            environment: new Dictionary<string, string> { ["EINHORN_FD_5"] = "9", ["EINHORN_MASTER_PID"] = "1", ["SERVER_STARTER_PORT"] = "80=9" });
+        var anyPort = int.Parse(supervisor.WaitForLine(@"listening on (?:\[::\]|0\.0\.0\.0):(\d+)").Groups[1].Value); // 0.0.0.0 where IPv6 is off
         var loopbackPort = int.Parse(supervisor.WaitForLine(@"listening on 127\.0\.0\.1:(\d+)").Groups[1].Value);
         Assert.That(supervisor.WaitForExit(TimeSpan.FromSeconds(30)), Is.EqualTo(7));
         var environment = supervisor.Lines.Select(l => l.Split('=', 2)).Where(p => p.Length == 2)
@@ -34,7 +34,8 @@ public class PeerAppTests
         Assert.That(environment["SERVER_STARTER_GENERATION"], Is.EqualTo("1"));
         Assert.That(environment["EINHORN_FD_COUNT"], Is.EqualTo("3"));
         Assert.That((environment["EINHORN_FD_0"], environment["EINHORN_FD_1"], environment["EINHORN_FD_2"]), Is.EqualTo(("3", "4", "5")));
-        Assert.That(environment.ContainsKey("EINHORN_FD_5"), Is.False, "an einhorn variable of the supervisor's own environment is not passed on");
+        Assert.That(environment["EINHORN_FDS"], Is.EqualTo("3 4 5"), "einhorn's older form");
+        Assert.That(environment.Keys.Where(k => k is "EINHORN_FD_5" or "EINHORN_MASTER_PID"), Is.Empty, "einhorn variables of the supervisor's own environment are not passed on");
     }
 
     [TestCase("server-starter")]

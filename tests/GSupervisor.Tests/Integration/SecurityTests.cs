@@ -39,7 +39,7 @@ public class SecurityTests
         var child = Native.Environ(childPid);
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
         string[] documented = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "GSUPERVISOR_HANDOFF", "GSUPERVISOR_PID", "GSUPERVISOR_GENERATION",
-            "DOTNET_STARTUP_HOOKS"];
+            "DOTNET_STARTUP_HOOKS", "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION", "EINHORN_FD_COUNT", "EINHORN_FD_0", "EINHORN_FDS"];
 
         var added = child.Keys.Except(parent.Keys.Where(k => !owned.Contains(k) && !k.StartsWith("GSUPERVISOR_", StringComparison.Ordinal)));
         Assert.That(added, Is.EquivalentTo(documented), "the only variables added are the documented ones");

@@ -545,6 +545,8 @@ public class StateMachineTests
         var outcome = fx.OfType<ReloadFinished>().Single().Outcome;
         Assert.That(outcome.Succeeded, Is.False);
         Assert.That(outcome.Message, Does.Contain("abandoned during the probation of generation 2"));
+        Assert.That(outcome.Abandoned, Is.True);
+        Assert.That((_machine.Reloads.Succeeded, _machine.Reloads.Failed), Is.EqualTo((0L, 0L)), "a shutdown is no failed reload");
         On(new ChildExited(PidOf(2), ExitStatus.Exited(0)));
         fx = On(new ChildExited(PidOf(1), ExitStatus.Exited(0)));
         Assert.That(fx.OfType<ExitSupervisor>().Single().Code, Is.EqualTo(0), "a generation on probation that exits on shutdown is no failure");
