@@ -31,7 +31,7 @@ internal sealed class MetricsServer
     public static MetricsServer Bind(ListenSpec spec)
     {
         var listener = Listeners.BindOwn(spec, backlog: 64);
-        Libc.SetNonBlocking(listener.Fd); // accept only after poll, through the intake gate; the socket is ours alone
+        Libc.SetNonBlocking(listener.Fd); // accept only after poll, and never wait in it; the socket is ours alone
         return new MetricsServer(listener);
     }
 
@@ -70,9 +70,7 @@ internal sealed class MetricsServer
     /// </summary>
     private static unsafe MetricsRequest? Read(int fd, Action onAnswered)
     {
-        var sendTimeout = new Timeval { tv_sec = 1 };
-        Syscall.setsockopt(fd, UnixSocketProtocol.SOL_SOCKET, UnixSocketOptionName.SO_SNDTIMEO, sendTimeout);
-        Libc.SetNonBlocking(fd);
+        Libc.SetNonBlocking(fd); // reads wait in poll with what is left of the second; the answer's writes too
         var deadline = Environment.TickCount64 + (long)ReadTimeout.TotalMilliseconds;
         var buffer = new byte[MaxRequestBytes];
         var filled = 0;

@@ -304,12 +304,9 @@ internal static class UpgradeStateJson
 
         public List<int> Numbers(string name)
         {
-            if (Get(name, JsonValueKind.Array) is not { } array) return [];
-            var numbers = new List<int>();
-            foreach (var n in array.EnumerateArray())
-                numbers.Add(n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var i)
-                    ? i : throw new UpgradeStateException($"{where}: \"{name}\" holds something other than integers"));
-            return numbers;
+            var at = where; // a struct's lambda cannot reach its fields
+            return Longs(name).Select(l => l is >= int.MinValue and <= int.MaxValue
+                ? (int)l : throw new UpgradeStateException($"{at}: \"{name}\" holds something other than 32-bit integers")).ToList();
         }
     }
 }
