@@ -156,7 +156,7 @@ public class MetricsTests
             foreach (var b in Encoding.ASCII.GetBytes("GET /metrics HTTP/1.1\r\n\r\n"))
             {
                 client.Send([b]);
-                Thread.Sleep(300);
+                Thread.Sleep(300); // the slow client's pace is the thing under test, not a wait for a condition (nothing to poll until a deadline)
             }
             client.ReceiveTimeout = 10_000;
             return (client.Receive(new byte[64]), clock.Elapsed);
