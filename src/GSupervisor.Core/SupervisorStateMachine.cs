@@ -148,6 +148,8 @@ public sealed class SupervisorStateMachine
     public Generation? Starting => _generations.FirstOrDefault(g => g.State == GenerationState.Starting);
     /// <summary>The generation serving on probation beside <see cref="Serving"/>, if any; its Deadline is the probation's end.</summary>
     public Generation? OnProbation => _generations.FirstOrDefault(g => g.State == GenerationState.Probation);
+    /// <summary>The time left of the probation under way; zero when there is none.</summary>
+    public TimeSpan ProbationLeft => OnProbation?.Deadline is { } end && end > Now ? end - Now : TimeSpan.Zero;
     public bool ReloadPending => _pendingReload is not null;
     public TimeSpan? RestartAt => _restartAt;
     public int Restarts { get; private set; }
@@ -262,22 +264,18 @@ public sealed class SupervisorStateMachine
             Log(fx, LogSeverity.Warning, $"reload requested ({source}) while shutting down; ignored");
             return;
         }
-        if (Starting is { } starting)
+        if ((Starting ?? OnProbation) is { } newcomer)
         {
+            // One newcomer at a time: the request waits for it, and requests that come meanwhile collapse into one.
+            var starting = newcomer.State == GenerationState.Starting;
             if (_pendingReload is null)
-                Log(fx, LogSeverity.Info, $"reload requested ({source}) while {starting.Label} is starting; another reload will follow it");
+                Log(fx, LogSeverity.Info, starting
+                    ? $"reload requested ({source}) while {newcomer.Label} is starting; another reload will follow it"
+                    : $"reload requested ({source}) while {newcomer.Label} is on probation ({Duration.Format(ProbationLeft)} left); another reload will follow the probation");
             else
-                Log(fx, LogSeverity.Debug, $"reload requested ({source}); already queued behind {starting.Label}");
-            _pendingReload = source;
-            return;
-        }
-        if (OnProbation is { } onProbation)
-        {
-            var left = Duration.Format(onProbation.Deadline is { } end && end > Now ? end - Now : TimeSpan.Zero);
-            if (_pendingReload is null)
-                Log(fx, LogSeverity.Info, $"reload requested ({source}) while {onProbation.Label} is on probation ({left} left); another reload will follow the probation");
-            else
-                Log(fx, LogSeverity.Debug, $"reload requested ({source}); already queued behind the probation of {onProbation.Label}");
+                Log(fx, LogSeverity.Debug, starting
+                    ? $"reload requested ({source}); already queued behind {newcomer.Label}"
+                    : $"reload requested ({source}); already queued behind the probation of {newcomer.Label}");
             _pendingReload = source;
             return;
         }

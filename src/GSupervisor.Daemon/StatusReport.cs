@@ -24,7 +24,7 @@ internal static class StatusReport
         sb.Append('\n');
         sb.Append("serving: ").Append(machine.Serving is { } s ? $"generation {s.Number} (pid {s.Pid}) for {Duration.Format(now - s.ReadyAt!.Value)}" : "nothing").Append('\n');
         if (machine.OnProbation is { } p)
-            sb.Append(CultureInfo.InvariantCulture, $"probation: generation {p.Number} (pid {p.Pid}) serves beside it, {Duration.Format(ProbationLeft(machine, p))} left of {Duration.Format(settings.Policy.Probation)}; " +
+            sb.Append(CultureInfo.InvariantCulture, $"probation: generation {p.Number} (pid {p.Pid}) serves beside it, {Duration.Format(machine.ProbationLeft)} left of {Duration.Format(settings.Policy.Probation)}; " +
                 $"it replaces generation {machine.Serving?.Number} then, or is rolled back if it exits or reports failure first\n");
         sb.Append("generations:\n");
         foreach (var g in machine.Generations)
@@ -46,9 +46,6 @@ internal static class StatusReport
             $"supervisor: RSS {self.RssBytes / 1048576.0:0.0} MiB, managed heap {self.ManagedHeapBytes / 1048576.0:0.0} MiB ({self.ManagedCommittedBytes / 1048576.0:0.0} MiB committed), {self.Threads} threads, {self.OpenFds} fds\n");
         return sb.ToString();
     }
-
-    private static TimeSpan ProbationLeft(SupervisorStateMachine machine, Generation g) =>
-        g.Deadline is { } end && end > machine.Now ? end - machine.Now : TimeSpan.Zero;
 
     public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
     {
@@ -92,7 +89,7 @@ internal static class StatusReport
                 w.WriteStartObject("probation");
                 w.WriteNumber("generation", p.Number);
                 w.WriteNumber("pid", p.Pid!.Value);
-                w.WriteNumber("secondsLeft", Math.Round(ProbationLeft(machine, p).TotalSeconds, 3));
+                w.WriteNumber("secondsLeft", Math.Round(machine.ProbationLeft.TotalSeconds, 3));
                 w.WriteNumber("lengthSeconds", Math.Round(settings.Policy.Probation.TotalSeconds, 3));
                 w.WriteEndObject();
             }

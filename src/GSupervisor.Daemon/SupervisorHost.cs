@@ -482,8 +482,8 @@ internal sealed partial class SupervisorHost
         }
         list.Add(c);
         _log.Debug("handed {Count} listeners to pid {Pid} of generation {Generation} over the handoff socket", _listeners.Count, c.PeerPid, generation);
-        if (_machine.OnProbation is { Number: var onProbation, Deadline: { } end } && onProbation == generation)
-            c.SendLine(HandoffProtocol.EncodeProbation(end - _machine.Now)); // it connected after the probation began
+        if (_machine.OnProbation?.Number == generation)
+            c.SendLine(HandoffProtocol.EncodeProbation(_machine.ProbationLeft)); // it connected after the probation began
         StartReading(generation, c);
     }
 
