@@ -19,25 +19,31 @@ namespace GSupervisor.Daemon;
 /// </summary>
 internal static class ChildEnvironment
 {
-    public static List<string> Build(RunSettings settings, IReadOnlyList<BoundListener> listeners, string notifyPath, string handoffPath, string? dotnetHook)
+    public static List<string> Build(RunSettings settings, IReadOnlyList<BoundListener> listeners, string notifyPath, string handoffPath, string? dotnetHook, Launch launch)
     {
         string[] owned = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
             "SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION", "EINHORN_FD_COUNT",
             .. dotnetHook is null ? Array.Empty<string>() : [StartupHooks.Variable]];
         // As systemd does for User=: HOME, USER and LOGNAME are those of the user the child runs as.
         string[] account = settings.User is null ? [] : ["HOME", "USER", "LOGNAME"];
-        var environment = new List<string>();
-        foreach (var (key, value) in ProcessEnvironment.Read())
+        // The supervisor's environment with the runtime's variables it moved aside for itself (Os/RuntimeKnobs.cs),
+        // which are the children's, then the file's assignments over it (a later one of a name wins), in order.
+        var knobs = RuntimeKnobs.ForChildren();
+        var inherited = new List<KeyValuePair<string, string>>(ProcessEnvironment.Read());
+        inherited.AddRange(knobs);
+        if (launch.ChangesDirectory) inherited.Add(new("PWD", launch.Directory));
+        inherited.AddRange(launch.FileVariables);
+        var merged = new Dictionary<string, string>(StringComparer.Ordinal);
+        var order = new List<string>();
+        foreach (var (key, value) in inherited)
         {
             // Every EINHORN_ variable is einhorn's to set (a supervisor started under einhorn passes none of its own on).
             if (owned.Contains(key) || account.Contains(key) || key.StartsWith("GSUPERVISOR_", StringComparison.Ordinal) ||
                 key.StartsWith("EINHORN_", StringComparison.Ordinal)) continue;
-            environment.Add($"{key}={value}");
+            if (!merged.ContainsKey(key)) order.Add(key);
+            merged[key] = value;
         }
-        // The runtime's variables the supervisor moved aside for itself (Os/RuntimeKnobs.cs) are the children's.
-        var knobs = RuntimeKnobs.ForChildren();
-        foreach (var (key, value) in knobs)
-            if (!owned.Contains(key)) environment.Add($"{key}={value}");
+        var environment = order.Select(key => $"{key}={merged[key]}").ToList();
         if (settings.User is { } user)
             environment.AddRange([$"HOME={user.Home}", $"USER={user.Name}", $"LOGNAME={user.Name}"]);
         if (listeners.Count > 0)
@@ -54,7 +60,8 @@ internal static class ChildEnvironment
         environment.Add("GSUPERVISOR_PID=" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
         if (dotnetHook is { } hook)
         {
-            var hooks = knobs.FirstOrDefault(k => k.Key == StartupHooks.Variable).Value ?? Environment.GetEnvironmentVariable(StartupHooks.Variable);
+            var hooks = launch.FileVariables.LastOrDefault(k => k.Key == StartupHooks.Variable).Value
+                ?? knobs.FirstOrDefault(k => k.Key == StartupHooks.Variable).Value ?? Environment.GetEnvironmentVariable(StartupHooks.Variable);
             environment.Add(StartupHooks.Variable + "=" + StartupHooks.Append(hooks, hook));
         }
         return environment;

@@ -65,6 +65,12 @@ internal sealed class RunOptions
     [Option("metrics", HelpText = "Serve Prometheus metrics at http://ADDRESS/metrics: [HOST]:PORT or unix:PATH. The supervisor's own socket, never handed to children. Off by default.")]
     public string? Metrics { get; set; }
 
+    [Option("chdir", HelpText = "Start each new generation in DIR as it resolves then, so a release switched by symlink (current -> releases/42) is what the next reload runs. Default: the directory gsupervisor was started in, as its PWD names it (a symlinked path is resolved again at each start).")]
+    public string? Chdir { get; set; }
+
+    [Option("env-file", HelpText = "Read the children's environment from FILE (systemd's EnvironmentFile= syntax: KEY=VALUE lines, # comments, quotes) again before each generation starts; its values override gsupervisor's own environment.")]
+    public string? EnvFile { get; set; }
+
     [Option("no-inject", HelpText = "Do not inject gsupervisor's ASP.NET Core integration into .NET children (DOTNET_STARTUP_HOOKS): an app then drains only if it uses the GSupervisor.AspNetCore package itself.")]
     public bool NoInject { get; set; }
 
@@ -84,7 +90,9 @@ internal sealed record RunSettings(
     string ControlPath,
     Os.ChildUser? User,
     bool InjectDotnet = true,
-    ListenSpec? Metrics = null);
+    ListenSpec? Metrics = null,
+    string? Chdir = null,
+    string? EnvFile = null);
 
 internal static class CommandLineReader
 {
@@ -239,6 +247,11 @@ internal static class CommandLineReader
         }
 
         if (o.PidFile is { Length: 0 }) return UsageError("--pid-file needs a path");
+        if (o.Chdir is { Length: 0 }) return UsageError("--chdir needs a directory");
+        if (o.EnvFile is { Length: 0 }) return UsageError("--env-file needs a file");
+        // Relative to where gsupervisor starts; kept as paths (not resolved) so that a symlink in them is followed anew.
+        var chdir = o.Chdir is { } dir ? Path.GetFullPath(dir) : null;
+        var envFile = o.EnvFile is { } file ? Path.GetFullPath(file) : null;
         var control = o.Control ?? Os.ControlServer.DefaultPath();
         if (!control.StartsWith('/') || System.Text.Encoding.UTF8.GetByteCount(control) > ListenSpec.MaxUnixPathBytes)
             return UsageError($"--control '{control}' must be an absolute path of at most {ListenSpec.MaxUnixPathBytes} bytes");
@@ -266,6 +279,7 @@ internal static class CommandLineReader
             ReadyTimeout = readyTimeout, StopTimeout = stopTimeout, StopSignal = stopSignal,
             RestartBackoffInitial = restartDelay, RestartBackoffMax = restartMaxDelay, Probation = probation,
         };
-        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, logFormat, control, user, InjectDotnet: !o.NoInject, Metrics: metrics), ExitCodes.Ok, null, false);
+        return new Result(new RunSettings(specs, command, policy, o.Backlog, o.PidFile, level, logFormat, control, user, InjectDotnet: !o.NoInject, Metrics: metrics,
+            Chdir: chdir, EnvFile: envFile), ExitCodes.Ok, null, false);
     }
 }

@@ -5,11 +5,12 @@ namespace GSupervisor.Daemon;
 /// <summary>Finds the command's executable as a shell would, so "not found" and "not executable" show before any child runs.</summary>
 internal static class CommandResolver
 {
-    public static string Resolve(string command, string? pathVariable)
+    /// <param name="baseDirectory">Where a relative command or PATH entry starts from: the directory the child starts in.</param>
+    public static string Resolve(string command, string? pathVariable, string baseDirectory)
     {
         if (command.Contains('/'))
         {
-            var full = Path.GetFullPath(command);
+            var full = Path.GetFullPath(command, baseDirectory);
             return Check(full, command) ?? throw new StartupException(ExitCodes.NotFound,
                 $"command not found: {command} (no such file)");
         }
@@ -17,7 +18,7 @@ internal static class CommandResolver
         StartupException? notExecutable = null;
         foreach (var dir in searched)
         {
-            var candidate = Path.Combine(Path.GetFullPath(dir), command);
+            var candidate = Path.Combine(Path.GetFullPath(dir, baseDirectory), command);
             try
             {
                 if (Check(candidate, command) is { } found) return found;

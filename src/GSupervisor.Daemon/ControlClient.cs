@@ -3,7 +3,8 @@
 // The verbs `gsupervisor status | reload | promote | rollback | upgrade | stop`: thin clients of the daemon's control socket. Each
 // sends one request line and prints the reply, from a server of the caller's own user or root only
 // (SO_PEERCRED). Exit codes: 0 done; 1 the reload failed (rolled back), the upgrade was refused, or there was no
-// probation to promote or roll back; 64 usage;
+// probation to promote or roll back; 64 usage; a reload refused before anything started, with the exit code a first
+// start would end with (127 command not found, 126 not executable, 65/66 an --env-file or --chdir that cannot be read);
 // 69 no daemon answers on the socket; 75 timed out waiting; 77 permission denied, or the server is another
 // user's. `upgrade --all` and `stop --all` do it for every daemon that runs this binary (Os/RunningSupervisors.cs).
 
@@ -28,9 +29,12 @@ internal sealed class StatusOptions : ControlOptions
     public bool Json { get; set; }
 }
 
-[Verb("reload", HelpText = "Ask the daemon to reload (as SIGUSR2).")]
+[Verb("reload", HelpText = "Ask the daemon to reload (as SIGUSR2): start a new generation and stop the old one once it is ready. After --, the command the new generation runs (and later reloads, restarts and upgrades, once it serves). Refused, before anything starts, if the command or the --env-file cannot work.")]
 internal sealed class ReloadOptions : ControlOptions
 {
+    [Value(0, MetaName = "COMMAND", HelpText = "After --: the command the next generation runs instead of the current one.")]
+    public IEnumerable<string> Command { get; set; } = [];
+
     [Option("wait", HelpText = "Return only when the reload finished: exit 0 if the new generation serves (with --probation: once it passed), 1 with the reason if it was rolled back.")]
     public bool Wait { get; set; }
 
@@ -86,9 +90,18 @@ internal static class ControlClient
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(UpgradeOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(StopOptions))]
     [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(ControlOptions))]
+    [DynamicDependency(DynamicallyAccessedMemberTypes.All, typeof(RunOptions))]
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        using var parser = new Parser(s => { s.HelpWriter = null; s.CaseSensitive = true; s.AutoHelp = true; });
+        if (args[0] == "reload" && RestartOnlyOption(args) is { } fixedOption)
+        {
+            stderr.WriteLine($"gsupervisor: reload: --{fixedOption} is set when gsupervisor starts and a reload cannot change it" +
+                (fixedOption == "listen" ? " (the sockets are bound once, so that no connection is refused)" : "") +
+                "; restart gsupervisor to change it (systemctl restart NAME). A reload applies a new command (reload -- COMMAND), " +
+                "the --env-file's contents, and the release --chdir (or the start directory) resolves to");
+            return ExitCodes.Usage;
+        }
+        using var parser = new Parser(s => { s.HelpWriter = null; s.CaseSensitive = true; s.AutoHelp = true; s.EnableDashDash = true; });
         var parsed = parser.ParseArguments<StatusOptions, ReloadOptions, PromoteOptions, RollbackOptions, UpgradeOptions, StopOptions>(args);
         if (parsed is NotParsed<object> notParsed)
         {
@@ -112,7 +125,13 @@ internal static class ControlClient
                 break;
             case ReloadOptions r:
                 if (!TryTimeout(r.Timeout, stderr, out var wait)) return ExitCodes.Usage;
-                request = r.Wait ? "reload wait" : "reload";
+                var command = r.Command.ToList();
+                if (command.Count > 0 && command[0].Length == 0)
+                {
+                    stderr.WriteLine("gsupervisor: reload: the command after -- is an empty string");
+                    return ExitCodes.Usage;
+                }
+                request = new ReloadRequest(r.Wait, command.Count > 0 ? command : null).Encode();
                 if (r.Wait) timeout = wait;
                 break;
             case UpgradeOptions u:
@@ -134,6 +153,18 @@ internal static class ControlClient
                 break;
         }
         return Ask(path, request, timeout, stdout, stderr);
+    }
+
+    /// <summary>The first option of the daemon's own command line given to `reload` before "--": none of them changes on a reload.</summary>
+    private static string? RestartOnlyOption(string[] args)
+    {
+        var runOptions = typeof(RunOptions).GetProperties()
+            .Select(p => p.GetCustomAttributes(typeof(OptionAttribute), false).OfType<OptionAttribute>().FirstOrDefault()?.LongName)
+            .Where(name => name is not null && name != "control").ToHashSet();
+        foreach (var arg in args.Skip(1).TakeWhile(a => a != "--"))
+            if (arg.StartsWith("--", StringComparison.Ordinal) && arg[2..].Split('=')[0] is var name && runOptions.Contains(name))
+                return name;
+        return null;
     }
 
     private static bool TryTimeout(string text, TextWriter stderr, out TimeSpan timeout)
@@ -184,6 +215,12 @@ internal static class ControlClient
         {
             stderr.WriteLine($"{prefix}{reply.TrimEnd()["ERR ".Length..]}");
             return ExitCodes.NoPermission;
+        }
+        if (reply.StartsWith("REFUSED ", StringComparison.Ordinal))
+        {
+            var parts = reply["REFUSED ".Length..].Split(' ', 2);
+            stderr.Write($"{prefix}reload refused: {(parts.Length > 1 ? parts[1] : reply)}" + (reply.EndsWith('\n') ? "" : "\n"));
+            return int.TryParse(parts[0], out var code) && code > 1 ? code : ReloadFailed;
         }
         if (reply.StartsWith("FAILED ", StringComparison.Ordinal))
         {
@@ -267,7 +304,7 @@ internal static class ControlClient
         if (!Os.PeerRule.Trusted(serverUid, ourUid) && serverPid != daemonPid)
             throw new UntrustedServerException(
                 $"refusing {path}: its server (pid {serverPid}) runs as uid {serverUid}, not you or root (uid {ourUid}); it is not your gsupervisor");
-        socket.Send(Encoding.ASCII.GetBytes(request + "\n"));
+        socket.Send(Encoding.UTF8.GetBytes(request + "\n"));
         var reply = new StringBuilder();
         var buffer = new byte[4096];
         int n;

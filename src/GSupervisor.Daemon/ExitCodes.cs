@@ -7,6 +7,10 @@ internal static class ExitCodes
     /// <summary>The first generation never became ready (when it exited with a code, that code is used instead).</summary>
     public const int ServiceFailed = 1;
     public const int Usage = 64;
+    /// <summary>A file named on the command line (--env-file) cannot be read as what it should be.</summary>
+    public const int DataError = 65;
+    /// <summary>A file or directory named on the command line (--env-file, --chdir) does not exist or cannot be read.</summary>
+    public const int NoInput = 66;
     /// <summary>An address is in use or not available on this host.</summary>
     public const int Unavailable = 69;
     public const int Software = 70;

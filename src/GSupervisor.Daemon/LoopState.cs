@@ -33,9 +33,20 @@ internal sealed record UpgradeOutcome(bool Succeeded, string Message, TimeSpan A
 /// (Everything else an upgrade carries is in the kernel: the listeners, the sockets' queues, pending signals,
 /// zombies. See Upgrade/UpgradeState.cs for the document it becomes.)
 /// </summary>
-internal sealed class LoopState(SupervisorStateMachine machine)
+internal sealed class LoopState(SupervisorStateMachine machine, IReadOnlyList<string> command)
 {
     public SupervisorStateMachine Machine { get; } = machine;
+    /// <summary>
+    /// The command new generations run: the command line's, until `reload -- COMMAND` puts another into service (it
+    /// becomes this once a generation running it serves, so a crash restart never runs a command that failed).
+    /// </summary>
+    public IReadOnlyList<string> Command { get; set; } = command;
+    /// <summary>The command a reload asked for, for the next generation a reload starts; null: <see cref="Command"/>.</summary>
+    public IReadOnlyList<string>? NextCommand { get; set; }
+    /// <summary>The last reload refused before it started (its reason, and when), for status and systemd's STATUS=.</summary>
+    public (string Reason, TimeSpan At)? LastRefusal { get; set; }
+    /// <summary>What each live generation was started with (Launcher.cs).</summary>
+    public Dictionary<int, Launch> Launches { get; } = [];
     /// <summary>Each generation's open handoff connections.</summary>
     public Dictionary<int, List<HandoffConnection>> Connections { get; } = [];
     /// <summary>`reload --wait` callers: answered once a reload of at least MinGeneration has finished.</summary>

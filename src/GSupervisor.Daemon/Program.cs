@@ -96,10 +96,12 @@ try
     LoopState state;
     NotifyServer notify;
     HandoffServer handoff;
-    string commandPath;
+    // What each generation starts with is planned when it starts (Launcher.cs); the first plan is made now, so a
+    // command, directory or environment file that cannot work ends the start with one line before anything is bound.
+    var launcher = new Launcher(settings.Chdir, Launcher.LogicalStartDirectory(), settings.EnvFile);
     if (carried is null)
     {
-        commandPath = CommandResolver.Resolve(settings.Command[0], Environment.GetEnvironmentVariable("PATH"));
+        launcher.Plan(settings.Command);
         listeners = Listeners.BindAll(settings.Listeners, settings.Backlog);
         spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16);
         runtimeDirectory = RuntimeDirectory.Create(forOtherUser: settings.User is not null);
@@ -107,11 +109,10 @@ try
         notify = new NotifyServer(runtimeDirectory.Own("notify"));
         handoff = new HandoffServer(runtimeDirectory.Own("handoff"));
         if (settings.Metrics is { } metricsSpec) metrics = MetricsServer.Bind(metricsSpec);
-        state = new LoopState(new GSupervisor.Core.SupervisorStateMachine(settings.Policy, TimeProvider.System));
+        state = new LoopState(new GSupervisor.Core.SupervisorStateMachine(settings.Policy, TimeProvider.System), settings.Command);
     }
     else
     {
-        commandPath = carried.CommandPath;
         listeners = HandedOver.Listeners(carried);
         spawner = Spawner.Open(reservedBelow: 3 + listeners.Count + 16); // this version's exec helper, beside this binary
         runtimeDirectory = RuntimeDirectory.Adopt(carried.RuntimeDirectory);
@@ -119,7 +120,7 @@ try
         notify = new NotifyServer(runtimeDirectory.Own("notify"), carried.NotifyFd);
         handoff = new HandoffServer(runtimeDirectory.Own("handoff"), carried.HandoffFd);
         metrics = HandedOver.Metrics(carried, settings.Metrics);
-        state = HandedOver.LoopState(carried, settings.Policy, output, gate);
+        state = HandedOver.LoopState(carried, settings.Policy, settings.Command, output, gate);
     }
     string? dotnetHook = null;
     if (settings.InjectDotnet)
@@ -127,13 +128,17 @@ try
         dotnetHook = DotnetHook.Locate(settings.User, out var hookProblem);
         if (hookProblem is not null && carried is null) logger.Warning("{Problem}", hookProblem);
     }
-    var parts = new HostParts(settings, args, commandPath, executable, listeners, spawner, runtimeDirectory, control, notify, handoff,
+    var parts = new HostParts(settings, args, launcher, executable, listeners, spawner, runtimeDirectory, control, notify, handoff,
         output, gate, dotnetHook, signals!, logStream.Drain, logger, metrics);
     var host = new SupervisorHost(parts, state, carried);
 
     if (carried is null)
     {
         logger.Information("gsupervisor {Version} (pid {Pid}) supervising {Command}", CommandLineReader.Version, Environment.ProcessId, string.Join(' ', settings.Command));
+        if (launcher.Chdir is { } chdir)
+            logger.Information("each generation starts in {Directory} as it resolves then (--chdir)", chdir);
+        else if (launcher.LogicalDirectory is { } logical && logical != Environment.CurrentDirectory)
+            logger.Information("each generation starts in {Directory} as it resolves then (now {Resolved}): a release switched by symlink is followed", logical, Environment.CurrentDirectory);
         for (var i = 0; i < listeners.Count; i++)
             logger.Information("listening on {Address} (fd {Fd} in the child, name {Name}){PortNote}", listeners[i].Address, 3 + i, listeners[i].Spec.FdName,
                 listeners[i].Spec is { Port: 0, Kind: not GSupervisor.Core.ListenKind.Unix and not GSupervisor.Core.ListenKind.Systemd }
@@ -148,7 +153,7 @@ try
     else if (ExecImage.FailedUpgrade is null)
     {
         logger.Information("gsupervisor {Version} (pid {Pid}) took over in place from gsupervisor {From}: {Listeners} listeners, supervising {Command}",
-            CommandLineReader.Version, Environment.ProcessId, carried.WrittenBy, listeners.Count, string.Join(' ', settings.Command));
+            CommandLineReader.Version, Environment.ProcessId, carried.WrittenBy, listeners.Count, string.Join(' ', state.Command));
     }
     if (!signals!.AllThreadsBlock)
         logger.Debug("not every thread blocks the supervisor's signals; a signal that comes during an upgrade's exec may be lost");

@@ -12,7 +12,17 @@ internal static class StatusReport
     /// <summary>Which binary runs, and how often it was upgraded in place.</summary>
     public sealed record Identity(string Executable, int Upgrades, UpgradeOutcome? LastUpgrade);
 
-    public static string Text(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
+    /// <summary>What generations run and where: each live one's start, the command now and the one the next reload asked for.</summary>
+    public sealed record Launches(IReadOnlyDictionary<int, Launch> Started, IReadOnlyList<string> Command, IReadOnlyList<string>? NextCommand, Launcher Launcher,
+        (string Reason, TimeSpan At)? LastRefusal)
+    {
+        /// <summary>How each generation's directory is chosen, in words.</summary>
+        public string DirectoryRule => Launcher.Chdir is { } chdir ? $"{chdir} as it resolves at each start (--chdir)"
+            : Launcher.LogicalDirectory is { } logical ? $"{logical} as it resolves at each start (where gsupervisor was started)"
+            : $"{Environment.CurrentDirectory} (gsupervisor's own)";
+    }
+
+    public static string Text(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity, Launches launches)
     {
         var now = machine.Now;
         var sb = new StringBuilder();
@@ -28,26 +38,37 @@ internal static class StatusReport
                 $"it replaces generation {machine.Serving?.Number} then, or is rolled back if it exits or reports failure first\n");
         sb.Append("generations:\n");
         foreach (var g in machine.Generations)
+        {
             sb.Append(CultureInfo.InvariantCulture, $"  {g.Number,-4} pid {g.Pid,-8} {g.State.ToString().ToLowerInvariant(),-9} {g.Cause.ToString().ToLowerInvariant(),-8} started {Duration.Format(now - g.StartedAt)} ago  drain: {g.Drain ?? "none announced"}{(g.Status is { } st ? "  status: " + st : "")}\n");
+            if (launches.Started.TryGetValue(g.Number, out var launch))
+                sb.Append(CultureInfo.InvariantCulture, $"       runs {string.Join(' ', launch.Argv)}  in {launch.Directory}\n");
+        }
         sb.Append("listeners:\n");
         for (var i = 0; i < listeners.Count; i++)
             sb.Append(CultureInfo.InvariantCulture, $"  fd {3 + i}  {listeners[i].Address}  name {listeners[i].Spec.FdName}\n");
         sb.Append(CultureInfo.InvariantCulture, $"restarts: {machine.Restarts}\n");
         if (machine.RestartAt is { } at)
             sb.Append(CultureInfo.InvariantCulture, $"next restart: in {Duration.Format(at > now ? at - now : TimeSpan.Zero)} (attempt {machine.ConsecutiveFailures})\n");
-        sb.Append("last reload: ").Append(machine.LastReload is { } r
+        if (launches.LastRefusal is { } refused && (machine.LastReload is null || machine.LastReload.At < refused.At))
+            sb.Append(CultureInfo.InvariantCulture, $"last reload: refused {Duration.Format(now - refused.At)} ago, before anything started: {refused.Reason}\n");
+        else sb.Append("last reload: ").Append(machine.LastReload is { } r
             ? $"{(r.Succeeded ? "succeeded" : "failed")} {Duration.Format(now - r.At)} ago{(r.TookToReady is { } took ? $" (ready after {Duration.Format(took)})" : "")}: {r.Message}"
             : "none").Append('\n');
         sb.Append(CultureInfo.InvariantCulture, $"reloads: {machine.Reloads.Succeeded} succeeded, {machine.Reloads.Failed} failed\n");
         if (machine.ReloadPending) sb.Append("a reload is queued\n");
-        sb.Append(CultureInfo.InvariantCulture, $"command: {string.Join(' ', settings.Command)}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"command: {string.Join(' ', launches.Command)}\n");
+        if (launches.NextCommand is { } next)
+            sb.Append(CultureInfo.InvariantCulture, $"next reload runs: {string.Join(' ', next)}\n");
+        sb.Append(CultureInfo.InvariantCulture, $"directory: {launches.DirectoryRule}\n");
+        if (launches.Launcher.EnvFile is { } envFile)
+            sb.Append(CultureInfo.InvariantCulture, $"environment file: {envFile}, read again at each start\n");
         var self = SelfFigures.Read();
         sb.Append(CultureInfo.InvariantCulture,
             $"supervisor: RSS {self.RssBytes / 1048576.0:0.0} MiB, managed heap {self.ManagedHeapBytes / 1048576.0:0.0} MiB ({self.ManagedCommittedBytes / 1048576.0:0.0} MiB committed), {self.Threads} threads, {self.OpenFds} fds\n");
         return sb.ToString();
     }
 
-    public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity)
+    public static string Json(SupervisorStateMachine machine, IReadOnlyList<BoundListener> listeners, RunSettings settings, Identity identity, Launches launches)
     {
         var now = machine.Now;
         using var stream = new MemoryStream();
@@ -108,6 +129,11 @@ internal static class StatusReport
                 w.WriteNumber("ageSeconds", Math.Round((now - g.StartedAt).TotalSeconds, 3));
                 if (g.Status is { } status) w.WriteString("status", status);
                 if (g.Drain is { } drain) w.WriteString("drain", drain); else w.WriteNull("drain");
+                if (launches.Started.TryGetValue(g.Number, out var launch))
+                {
+                    WriteStrings(w, "command", launch.Argv);
+                    w.WriteString("directory", launch.Directory);
+                }
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -126,6 +152,21 @@ internal static class StatusReport
             if (machine.RestartAt is { } at) w.WriteNumber("nextRestartInSeconds", Math.Round(Math.Max(0, (at - now).TotalSeconds), 3));
             else w.WriteNull("nextRestartInSeconds");
             w.WriteBoolean("reloadPending", machine.ReloadPending);
+            WriteStrings(w, "command", launches.Command);
+            if (launches.NextCommand is { } next) WriteStrings(w, "nextCommand", next); else w.WriteNull("nextCommand");
+            w.WriteString("directoryRule", launches.DirectoryRule);
+            if (launches.LastRefusal is { } lastRefusal)
+            {
+                w.WriteStartObject("lastRefusedReload");
+                w.WriteString("reason", lastRefusal.Reason);
+                w.WriteNumber("secondsAgo", Math.Round((now - lastRefusal.At).TotalSeconds, 3));
+                w.WriteEndObject();
+            }
+            else
+            {
+                w.WriteNull("lastRefusedReload");
+            }
+            if (launches.Launcher.EnvFile is { } envFile) w.WriteString("envFile", envFile); else w.WriteNull("envFile");
             if (machine.LastReload is { } r)
             {
                 w.WriteStartObject("lastReload");
@@ -155,5 +196,12 @@ internal static class StatusReport
             w.WriteEndObject();
         }
         return Encoding.UTF8.GetString(stream.ToArray()) + "\n";
+    }
+
+    private static void WriteStrings(Utf8JsonWriter w, string name, IEnumerable<string> items)
+    {
+        w.WriteStartArray(name);
+        foreach (var item in items) w.WriteStringValue(item);
+        w.WriteEndArray();
     }
 }

@@ -1,6 +1,8 @@
 // The control protocol: what the loop answers on the control socket (see Os/ControlServer.cs for the socket).
-// Requests: "status", "status json", "reload", "reload wait", "promote", "rollback", "upgrade", "upgrade wait", "stop". Replies start
-// with OK, FAILED (the reload or upgrade did not happen; the rest says why) or ERR (the request itself was wrong).
+// Requests: "status", "status json", "reload", "reload wait" (either with the next generation's command as JSON, see
+// ReloadRequest.cs), "promote", "rollback", "upgrade", "upgrade wait", "stop". Replies start with OK, FAILED (the
+// reload or upgrade did not happen; the rest says why), REFUSED CODE (a reload that would not run, refused before
+// anything started: the exit code a first start would end with, then the reason) or ERR (the request itself was wrong).
 
 using GSupervisor.Core;
 using GSupervisor.Daemon.Os;
@@ -11,36 +13,20 @@ internal sealed partial class SupervisorHost
 {
     private int? OnControl(ControlRequest request)
     {
+        if (ReloadRequest.TryParse(request.Line, out var malformed) is { } reload) return OnReloadRequested(request, reload);
+        if (malformed is not null)
+        {
+            request.Reply("ERR " + malformed);
+            return null;
+        }
         switch (request.Line)
         {
             case "status":
-                request.Reply("OK " + StatusReport.Text(_machine, _listeners, _settings, Identity()));
+                request.Reply("OK " + StatusReport.Text(_machine, _listeners, _settings, Identity(), CurrentLaunches()));
                 return null;
             case "status json":
-                request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings, Identity()));
+                request.Reply("OK " + StatusReport.Json(_machine, _listeners, _settings, Identity(), CurrentLaunches()));
                 return null;
-            case "reload" or "reload wait":
-                var lastBefore = _machine.LastReload;
-                var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
-                if (_machine.OnProbation is { } onProbation && _machine.ReloadPending)
-                {
-                    // Queued behind the probation: it runs when the probation passes or fails.
-                    if (request.Line == "reload") request.Reply($"OK reload queued behind the probation of generation {onProbation.Number} (generation {onProbation.Number + 1})");
-                    else _state.ReloadWaiters.Add((onProbation.Number + 1, request));
-                    return exit;
-                }
-                if (_machine.Starting is not { } starting)
-                {
-                    if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
-                        ReplyWithOutcome([request], finished);
-                    else
-                        request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
-                    return exit;
-                }
-                var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
-                if (request.Line == "reload") request.Reply($"OK reload started (generation {target})");
-                else _state.ReloadWaiters.Add((target, request));
-                return exit;
             case "promote" or "rollback":
             {
                 var source = "gsupervisor " + request.Line;
@@ -67,8 +53,68 @@ internal sealed partial class SupervisorHost
         }
     }
 
+    /// <summary>
+    /// A reload asked for on the control socket. What the next generation would start with is planned first (its
+    /// directory, command and environment file as they are now): a plan that cannot run is refused with its reason
+    /// before anything starts or stops, and the serving generation goes on. A command given stays the one reloads run
+    /// once a generation running it serves (see AdoptCommandOfServing).
+    /// </summary>
+    private int? OnReloadRequested(ControlRequest request, ReloadRequest reload)
+    {
+        if (_machine.Phase == SupervisorPhase.ShuttingDown)
+        {
+            request.Reply("FAILED the supervisor is shutting down");
+            return null;
+        }
+        var command = reload.Command ?? _state.NextCommand ?? _state.Command;
+        try
+        {
+            var plan = _parts.Launcher.Plan(command);
+            foreach (var warning in plan.Warnings) _log.Warning("{Message}", warning);
+        }
+        catch (StartupException e)
+        {
+            var serving = _machine.Serving is { } s ? $"; {s.Label} serves on" : "";
+            _log.Error("reload refused: {Message}{Serving}", e.Message, serving);
+            _state.LastRefusal = (e.Message, _machine.Now);
+            _systemd?.Send("STATUS=" + StatusLine());
+            request.Reply($"REFUSED {e.ExitCode} {e.Message}{serving}");
+            return null;
+        }
+        if (reload.Command is { } next)
+        {
+            _state.NextCommand = next;
+            if (!next.SequenceEqual(_state.Command))
+                _log.Information("the next generation runs `{Command}` (gsupervisor reload --)", string.Join(' ', next));
+        }
+        var lastBefore = _machine.LastReload;
+        var exit = Execute(_machine.Handle(new SupervisorEvent.ReloadRequested("gsupervisor reload")));
+        if (_machine.OnProbation is { } onProbation && _machine.ReloadPending)
+        {
+            // Queued behind the probation: it runs when the probation passes or fails.
+            if (!reload.Wait) request.Reply($"OK reload queued behind the probation of generation {onProbation.Number} (generation {onProbation.Number + 1})");
+            else _state.ReloadWaiters.Add((onProbation.Number + 1, request));
+            return exit;
+        }
+        if (_machine.Starting is not { } starting)
+        {
+            if (_machine.LastReload is { } finished && !ReferenceEquals(finished, lastBefore))
+                ReplyWithOutcome([request], finished);
+            else
+                request.Reply(_machine.Phase == SupervisorPhase.ShuttingDown ? "FAILED the supervisor is shutting down" : "FAILED no reload was started");
+            return exit;
+        }
+        var target = _machine.ReloadPending ? starting.Number + 1 : starting.Number;
+        if (!reload.Wait) request.Reply($"OK reload started (generation {target})");
+        else _state.ReloadWaiters.Add((target, request));
+        return exit;
+    }
+
     /// <summary>Requests that change what runs wait while an upgrade hands over (status is answered at once).</summary>
-    private static bool ChangesWhatRuns(ControlRequest request) => request.Line is "reload" or "reload wait" or "promote" or "rollback" or "stop";
+    private static bool ChangesWhatRuns(ControlRequest request) =>
+        request.Line is "promote" or "rollback" or "stop" || ReloadRequest.TryParse(request.Line, out _) is not null;
+
+    private StatusReport.Launches CurrentLaunches() => new(_state.Launches, _state.Command, _state.NextCommand, _parts.Launcher, _state.LastRefusal);
 
     private StatusReport.Identity Identity() => new(_parts.Executable, _state.Upgrades, _state.LastUpgrade);
 

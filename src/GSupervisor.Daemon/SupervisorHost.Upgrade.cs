@@ -206,7 +206,14 @@ internal sealed partial class SupervisorHost
         WrittenBy = CommandLineReader.Version,
         RequestedAtUs = _machine.OriginMonotonicMicroseconds + (long)upgrade.RequestedAt.TotalMicroseconds,
         Upgrades = _state.Upgrades,
-        CommandPath = _parts.CommandPath,
+        CommandPath = CurrentCommandPath(),
+        Command = [.. _state.Command],
+        NextCommand = _state.NextCommand?.ToList(),
+        Launches = _state.Launches.Select(pair => new LaunchState
+        {
+            Generation = pair.Key, Argv = [.. pair.Value.Argv], CommandPath = pair.Value.CommandPath,
+            Directory = pair.Value.Directory, ChangesDirectory = pair.Value.ChangesDirectory,
+        }).ToList(),
         Machine = _machine.Export(),
         Listeners = _listeners.Select(l => new ListenerState
         {
@@ -234,6 +241,20 @@ internal sealed partial class SupervisorHost
         Interrupts = _state.Interrupts,
         SaidNoDrain = _state.SaidNoDrain,
     };
+
+    /// <summary>For an older image, which reads only the command's path: that of the serving generation, or as it resolves now.</summary>
+    private string CurrentCommandPath()
+    {
+        if (_machine.Serving is { } serving && _state.Launches.TryGetValue(serving.Number, out var launch)) return launch.CommandPath;
+        try
+        {
+            return _parts.Launcher.Plan(_state.Command).CommandPath;
+        }
+        catch (StartupException)
+        {
+            return _state.Command[0];
+        }
+    }
 
     /// <summary>Every pipe the relay still reads (of any generation, gone or not), and the kept tails of the newest generations.</summary>
     private List<OutputState> OutputsToCarry()

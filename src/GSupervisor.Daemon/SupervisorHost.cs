@@ -31,7 +31,7 @@ namespace GSupervisor.Daemon;
 internal sealed record HostParts(
     RunSettings Settings,
     IReadOnlyList<string> Arguments,
-    string CommandPath,
+    Launcher Launcher,
     string Executable,
     IReadOnlyList<BoundListener> Listeners,
     Spawner Spawner,
@@ -62,7 +62,6 @@ internal sealed partial class SupervisorHost
     private readonly BlockingCollection<LoopEvent> _queue = new();
     private readonly SemaphoreSlim _untrustedGate = new(UntrustedInFlight, UntrustedInFlight);
     private readonly Reaper _reaper;
-    private readonly List<string> _baseEnvironment;
     private readonly uint _expectedUid;
     private readonly SystemdNotifier? _systemd;
     /// <summary>The state an earlier image handed over, when this one was started by an in-place upgrade.</summary>
@@ -90,7 +89,6 @@ internal sealed partial class SupervisorHost
         _expectedUid = _settings.User?.Uid ?? Syscall.geteuid();
         if (_settings.User is { } user && carried is null)
             parts.RuntimeDirectory.GrantTo(user.Uid, user.Gid, [parts.Notify.Path, parts.Handoff.Path]);
-        _baseEnvironment = ChildEnvironment.Build(_settings, _listeners, parts.Notify.Path, parts.Handoff.Path, parts.DotnetHook);
         _systemd = SystemdNotifier.FromEnvironment(message => _log.Warning("{Message}", message));
     }
 
@@ -276,6 +274,7 @@ internal sealed partial class SupervisorHost
                     SendSignal(s);
                     break;
                 case SupervisorEffect.GenerationGone g:
+                    _state.Launches.Remove(g.Generation);
                     if (_state.Connections.Remove(g.Generation, out var connections))
                         foreach (var c in connections) c.Shutdown();
                     // The leader is still an unreaped zombie here, so its process-group id cannot have been reused.
@@ -286,11 +285,13 @@ internal sealed partial class SupervisorHost
                     _log.ForContext("Generation", r.Outcome.Generation).Write(
                         r.Outcome.Succeeded ? LogEventLevel.Information : r.Outcome.Abandoned ? LogEventLevel.Warning : LogEventLevel.Error,
                         "reload {Result}: {Message}", r.Outcome.Succeeded ? "succeeded" : r.Outcome.Abandoned ? "abandoned" : "failed", r.Outcome.Message);
+                    AdoptCommandOfServing();
                     if (_machine.Phase != SupervisorPhase.ShuttingDown)
                         _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
                     AnswerReloadWaiters(r.Outcome);
                     break;
                 case SupervisorEffect.ServiceReady:
+                    AdoptCommandOfServing();
                     _systemd?.Send("READY=1\nSTATUS=" + StatusLine());
                     break;
                 case SupervisorEffect.ProbationStarted p:
@@ -336,6 +337,8 @@ internal sealed partial class SupervisorHost
     private string StatusLine()
     {
         var serving = _machine.Serving is { } g ? $"serving generation {g.Number} (pid {g.Pid})" : "nothing serving";
+        if (_state.LastRefusal is { } refused && (_machine.LastReload is null || _machine.LastReload.At < refused.At))
+            return $"{serving}; last reload refused: {refused.Reason}";
         return _machine.LastReload is { } last
             ? $"{serving}; last reload {(last.Succeeded ? "succeeded" : "failed: " + last.Message)}"
             : serving;
@@ -343,22 +346,38 @@ internal sealed partial class SupervisorHost
 
     private SupervisorEvent SpawnGeneration(int generation)
     {
-        var environment = new List<string>(_baseEnvironment)
+        // A reload runs the command it asked for (`reload -- COMMAND`); every other start runs the current one.
+        var argv = _state.Command;
+        if (_machine.FindByNumber(generation) is { Cause: GenerationCause.Reload } && _state.NextCommand is { } next)
         {
-            "GSUPERVISOR_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture),
-            "SERVER_STARTER_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture), // Server::Starter's name for it
-        };
-        var argv = _settings.Command.ToList();
+            argv = next;
+            _state.NextCommand = null;
+        }
+        Launch launch;
+        try
+        {
+            launch = _parts.Launcher.Plan(argv);
+        }
+        catch (StartupException e)
+        {
+            return new SupervisorEvent.SpawnFailed(generation, e.Message);
+        }
+        foreach (var warning in launch.Warnings) _log.Warning("{Message}", warning);
+        var environment = ChildEnvironment.Build(_settings, _listeners, _parts.Notify.Path, _parts.Handoff.Path, _parts.DotnetHook, launch);
+        environment.Add("GSUPERVISOR_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture));
+        environment.Add("SERVER_STARTER_GENERATION=" + generation.ToString(CultureInfo.InvariantCulture)); // Server::Starter's name for it
         (int StdoutWrite, int StderrWrite, OutputTail Tail)? output = null;
         try
         {
             output = _parts.Output.Start(generation);
             _state.OutputTails[generation] = output.Value.Tail;
             foreach (var old in _state.OutputTails.Keys.Where(k => k <= generation - OutputTailsKept).ToList()) _state.OutputTails.Remove(old);
-            var pid = _parts.Spawner.Spawn(new SpawnRequest(_parts.CommandPath, argv, environment,
+            var pid = _parts.Spawner.Spawn(new SpawnRequest(launch.CommandPath, launch.Argv, environment,
                 _listeners.Select(l => l.Fd).ToList(), _settings.Policy.StopSignal, _settings.User,
-                output.Value.StdoutWrite, output.Value.StderrWrite));
+                output.Value.StdoutWrite, output.Value.StderrWrite, launch.ChangesDirectory ? launch.Directory : null));
             _reaper.ChildStarted();
+            _state.Launches[generation] = launch;
+            _log.ForContext("Generation", generation).Debug("generation {Generation} runs `{Command}` in {Directory}", generation, string.Join(' ', launch.Argv), launch.Directory);
             return new SupervisorEvent.ChildSpawned(generation, pid);
         }
         catch (SpawnException e)
@@ -378,6 +397,19 @@ internal sealed partial class SupervisorHost
                 Syscall.close(o.StderrWrite);
             }
         }
+    }
+
+    /// <summary>
+    /// Once a generation serves, its command is the one later reloads, restarts and upgrades run: a command put in by
+    /// `reload -- COMMAND` stays only if it got as far as serving.
+    /// </summary>
+    private void AdoptCommandOfServing()
+    {
+        if (_machine.Serving is not { } serving || !_state.Launches.TryGetValue(serving.Number, out var launch)) return;
+        if (launch.Argv.SequenceEqual(_state.Command)) return;
+        _state.Command = launch.Argv;
+        _log.ForContext("Generation", serving.Number).Information("generation {Generation} serves with the command `{Command}`; later reloads, restarts and upgrades run it",
+            serving.Number, string.Join(' ', launch.Argv));
     }
 
     private void SendSignal(SupervisorEffect.SendSignal s)

@@ -14,7 +14,8 @@ namespace GSupervisor.Daemon.Os;
 
 internal sealed class ControlServer
 {
-    private const int MaxRequestBytes = 256;
+    /// <summary>A request line's limit: room for `reload -- COMMAND` with a long command line.</summary>
+    private const int MaxRequestBytes = 64 * 1024;
     private readonly int _fd;
 
     private ControlServer(string path, int fd)
@@ -155,7 +156,7 @@ internal sealed class ControlServer
             request.Reply("ERR malformed request");
             return;
         }
-        request.Line = Encoding.ASCII.GetString(buffer, 0, newline).Trim();
+        request.Line = Encoding.UTF8.GetString(buffer, 0, newline).Trim();
         onRequest(request);
     }
 }

@@ -46,6 +46,31 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_addclosefrom_np")]
     public static partial int posix_spawn_file_actions_addclosefrom_np(void* actions, int lowfd);
 
+    /// <summary>glibc 2.29+: the child changes to <paramref name="path"/> before it execs (the file actions run in order).</summary>
+    [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_addchdir_np", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int posix_spawn_file_actions_addchdir_np(void* actions, string path);
+
+    [LibraryImport(Lib, EntryPoint = "realpath", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial byte* realpath(string path, byte* resolved);
+
+    [LibraryImport(Lib, EntryPoint = "free")]
+    private static partial void free(byte* pointer);
+
+    /// <summary>The path with every symlink resolved, as it resolves now; null with errno when it does not.</summary>
+    public static string? RealPath(string path)
+    {
+        var resolved = realpath(path, null);
+        if (resolved is null) return null;
+        try
+        {
+            return System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)resolved);
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
     [LibraryImport(Lib, EntryPoint = "posix_spawnattr_init")]
     public static partial int posix_spawnattr_init(void* attr);
 

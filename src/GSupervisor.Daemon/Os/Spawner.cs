@@ -2,7 +2,7 @@
 // --------
 // Starts one child with posix_spawn, never Process.Start (which leaks every non-CLOEXEC fd, cannot place fds
 // at 3.. and leaves SIGPIPE ignored). The file actions put the listeners at fds 3, 4, ..., give the child
-// /dev/null as stdin and close every other fd; the attributes reset every signal to its default disposition,
+// /dev/null as stdin, close every other fd and, when asked, change to the generation's directory; the attributes reset every signal to its default disposition,
 // clear the signal mask and put the child in its own process group (so a terminal's Ctrl+C reaches only the
 // supervisor).
 //
@@ -29,7 +29,8 @@ internal sealed record SpawnRequest(
     int DeathSignal,
     ChildUser? User,
     int StdoutFd = 1,
-    int StderrFd = 2);
+    int StderrFd = 2,
+    string? WorkingDirectory = null);
 
 /// <summary>The user the child runs as (--user/--group), switched to by the exec helper; Home is the user's home directory.</summary>
 internal sealed record ChildUser(string Name, uint Uid, uint Gid, string Home);
@@ -118,6 +119,8 @@ internal sealed unsafe class Spawner : IDisposable
                     throw new InvalidOperationException($"the exec helper's fd {_helperFd} lies in the child's target range");
                 Check(Libc.posix_spawn_file_actions_adddup2(actions, _helperFd, helperTarget), "adddup2 helper");
                 Check(Libc.posix_spawn_file_actions_addclosefrom_np(actions, helperTarget + 1), "addclosefrom_np");
+                if (request.WorkingDirectory is { } directory)
+                    Check(Libc.posix_spawn_file_actions_addchdir_np(actions, directory), "addchdir_np");
 
                 Libc.sigfillset(allSignals);
                 Libc.sigemptyset(noSignals);
@@ -131,7 +134,7 @@ internal sealed unsafe class Spawner : IDisposable
                 {
                     var rc = Libc.posix_spawn(out var pid, p, actions, attr, nativeArgv.Pointer, nativeEnv.Pointer);
                     if (rc != 0)
-                        throw new SpawnException(rc, $"posix_spawn {HelperPath}: {ErrorNumbers.Describe(rc)}");
+                        throw new SpawnException(rc, $"posix_spawn {HelperPath}{(request.WorkingDirectory is { } d ? $" in {d}" : "")}: {ErrorNumbers.Describe(rc)}");
                     return pid;
                 }
             }

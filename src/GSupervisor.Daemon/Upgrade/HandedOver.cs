@@ -60,15 +60,19 @@ internal static class HandedOver
         }
     }
 
-    public static LoopState LoopState(UpgradeState carried, SupervisorPolicy policy, OutputRelay output, IntakeGate gate)
+    /// <param name="command">The command line's command: what runs unless the earlier image carried another (an older one carries none).</param>
+    public static LoopState LoopState(UpgradeState carried, SupervisorPolicy policy, IReadOnlyList<string> command, OutputRelay output, IntakeGate gate)
     {
         var machine = Machine(carried, policy);
-        var state = new LoopState(machine)
+        var state = new LoopState(machine, carried.Command.Count > 0 ? carried.Command : command)
         {
             Interrupts = carried.Interrupts,
             SaidNoDrain = carried.SaidNoDrain,
             Upgrades = carried.Upgrades,
+            NextCommand = carried.NextCommand is { Count: > 0 } next ? next : null,
         };
+        foreach (var l in carried.Launches.Where(l => l.Argv.Count > 0))
+            state.Launches[l.Generation] = new Launch(l.Argv, l.CommandPath, l.Directory, l.ChangesDirectory, [], []);
         foreach (var c in carried.HandoffConnections)
         {
             ExecImage.MarkCloseOnExec([c.Fd]);

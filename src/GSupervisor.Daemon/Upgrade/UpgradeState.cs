@@ -26,8 +26,17 @@ internal sealed class UpgradeState
     public long RequestedAtUs { get; set; }
     /// <summary>In-place upgrades done before this one, since the supervisor started.</summary>
     public int Upgrades { get; set; }
-    /// <summary>The command's resolved path, as at the supervisor's start (PATH is not looked up again).</summary>
+    /// <summary>
+    /// The resolved path of the command the supervisor runs now. Versions that looked the command up once, at start,
+    /// read only this; it is written for them (a newer image plans each start itself, see Launcher.cs).
+    /// </summary>
     public string CommandPath { get; set; } = "";
+    /// <summary>The command the supervisor runs now (put into service by `reload -- COMMAND`); empty: the command line's.</summary>
+    public List<string> Command { get; set; } = [];
+    /// <summary>The command a reload asked for that has not started yet, or null.</summary>
+    public List<string>? NextCommand { get; set; }
+    /// <summary>What each live generation was started with (status shows it; a successful reload's command becomes <see cref="Command"/>).</summary>
+    public List<LaunchState> Launches { get; set; } = [];
     public MachineSnapshot Machine { get; set; } = new();
     public List<ListenerState> Listeners { get; set; } = [];
     public string RuntimeDirectory { get; set; } = "";
@@ -83,6 +92,15 @@ internal sealed class ListenerState
     public string Address { get; set; } = "";
     public string? UnixPathToRemove { get; set; }
     public ulong UnixInode { get; set; }
+}
+
+internal sealed class LaunchState
+{
+    public int Generation { get; set; }
+    public List<string> Argv { get; set; } = [];
+    public string CommandPath { get; set; } = "";
+    public string Directory { get; set; } = "";
+    public bool ChangesDirectory { get; set; }
 }
 
 internal sealed class ConnectionState

@@ -24,6 +24,16 @@ internal static class UpgradeStateJson
             w.WriteNumber("requestedAtUs", s.RequestedAtUs);
             w.WriteNumber("upgrades", s.Upgrades);
             w.WriteString("commandPath", s.CommandPath);
+            WriteStrings(w, "command", s.Command);
+            if (s.NextCommand is { } next) WriteStrings(w, "nextCommand", next);
+            WriteArray(w, "launches", s.Launches, (w, l) =>
+            {
+                w.WriteNumber("generation", l.Generation);
+                WriteStrings(w, "argv", l.Argv);
+                w.WriteString("commandPath", l.CommandPath);
+                w.WriteString("directory", l.Directory);
+                w.WriteBoolean("changesDirectory", l.ChangesDirectory);
+            });
             w.WritePropertyName("machine");
             WriteMachine(w, s.Machine);
             WriteArray(w, "listeners", s.Listeners, (w, l) =>
@@ -149,6 +159,13 @@ internal static class UpgradeStateJson
         w.WriteEndArray();
     }
 
+    private static void WriteStrings(Utf8JsonWriter w, string name, IEnumerable<string> items)
+    {
+        w.WriteStartArray(name);
+        foreach (var item in items) w.WriteStringValue(item);
+        w.WriteEndArray();
+    }
+
     /// <exception cref="UpgradeStateException">Not JSON, not an object, or a field of the wrong type.</exception>
     public static UpgradeState Read(ReadOnlySpan<byte> json)
     {
@@ -171,6 +188,13 @@ internal static class UpgradeStateJson
             s.RequestedAtUs = d.Long("requestedAtUs") ?? s.RequestedAtUs;
             s.Upgrades = d.Int("upgrades", s.Upgrades);
             s.CommandPath = d.String("commandPath") ?? s.CommandPath;
+            s.Command = d.Strings("command");
+            s.NextCommand = d.Has("nextCommand") ? d.Strings("nextCommand") : null;
+            s.Launches = d.Array("launches", l => new LaunchState
+            {
+                Generation = l.Int("generation", 0), Argv = l.Strings("argv"), CommandPath = l.String("commandPath") ?? "",
+                Directory = l.String("directory") ?? "", ChangesDirectory = l.Bool("changesDirectory"),
+            });
             if (d.Object("machine") is { } machine) s.Machine = ReadMachine(machine);
             s.Listeners = d.Array("listeners", l => new ListenerState
             {
@@ -290,6 +314,16 @@ internal static class UpgradeStateJson
             var index = 0;
             foreach (var item in array.EnumerateArray()) items.Add(read(new Fields(item, $"{where}: {name}[{index++}]")));
             return items;
+        }
+
+        public List<string> Strings(string name)
+        {
+            if (Get(name, JsonValueKind.Array) is not { } array) return [];
+            var strings = new List<string>();
+            foreach (var item in array.EnumerateArray())
+                strings.Add(item.ValueKind == JsonValueKind.String
+                    ? item.GetString()! : throw new UpgradeStateException($"{where}: \"{name}\" holds something other than strings"));
+            return strings;
         }
 
         public List<long> Longs(string name)
