@@ -48,8 +48,8 @@ public class PackagedUnitTests
     private static int GenerationPid(string body) => int.Parse(Regex.Match(body, @"pid=(\d+)").Groups[1].Value);
 
     /// <summary>
-    /// A deploy that cannot start (the app's files are gone): `systemctl reload` fails, the unit stays active
-    /// with the same main process, its status says so, and generation 2 answers on.
+    /// A deploy that cannot start (the app's files are gone): `systemctl reload` fails, refused before anything
+    /// starts, the unit stays active with the same main process, its status says so, and generation 2 answers on.
     /// </summary>
     private void ReloadIntoAFailedDeploy(string unit, string mainPid, string url, string servingAnswer)
     {
@@ -66,15 +66,15 @@ public class PackagedUnitTests
         var afterFailure = _container.Show(unit, "ActiveState", "MainPID", "StatusText");
         Assert.That(afterFailure["ActiveState"], Is.EqualTo("active"));
         Assert.That(afterFailure["MainPID"], Is.EqualTo(mainPid));
-        Assert.That(afterFailure["StatusText"], Does.StartWith("serving generation 2").And.Contain("last reload failed"));
+        Assert.That(afterFailure["StatusText"], Does.StartWith("serving generation 2").And.Contain("last reload refused: cannot run `/usr/bin/dotnet /srv/hello/HelloKestrel.dll`"));
         Assert.That(_container.Get(url), Is.EqualTo(servingAnswer), "generation 2 still answers");
 
         // Under the journal each line carries its priority and no timestamp of its own: `journalctl -p err` shows the
         // failed reload and nothing routine.
         var errors = "";
-        Poll.Until(() => (errors = _container.Must("journalctl", "-u", unit, "-p", "err", "--no-pager", "-o", "cat")).Contains("reload failed"),
-            TimeSpan.FromSeconds(30), "the failed reload in journalctl -p err");
-        Assert.That(errors.Split('\n'), Has.Some.StartsWith("reload failed: generation 3"), "no timestamp or level of its own");
+        Poll.Until(() => (errors = _container.Must("journalctl", "-u", unit, "-p", "err", "--no-pager", "-o", "cat")).Contains("reload refused"),
+            TimeSpan.FromSeconds(30), "the refused reload in journalctl -p err");
+        Assert.That(errors.Split('\n'), Has.Some.StartsWith("reload refused: cannot run"), "no timestamp or level of its own");
         Assert.That(errors, Does.Not.Contain("is ready").And.Not.Contain("listening on").And.Not.Contain("reload succeeded"), "nothing routine");
         Assert.That(_container.Must("journalctl", "-u", unit, "-p", "info", "--no-pager", "-o", "cat"), Does.Contain("reload succeeded"));
     }
